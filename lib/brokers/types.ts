@@ -1,0 +1,37 @@
+import type { FastifyBaseLogger } from 'fastify'
+
+export interface PublishOptions {
+  /** Optional event name carried to subscribers in the publication frame. */
+  event?: string
+}
+
+/**
+ * Where a broker hands the publications it receives from other processes.
+ * The plugin delivers its own publications locally at once, so a broker must never hand back a
+ * publication it published itself (brokers tag what they send with an origin id and skip their own).
+ */
+export interface BrokerSink {
+  deliver (topic: string, data: unknown, event: string | undefined): void
+  log: FastifyBaseLogger
+}
+
+/**
+ * How publications cross processes. The plugin reference-counts local subscribers and calls
+ * `subscribe` when a topic gains its first local subscriber and `unsubscribe` when it loses its last
+ * (`__all__` stays subscribed). A broker works standalone too: `publish` and `close` need no `attach`.
+ */
+export interface Broker {
+  /** Short name used in logs and errors, e.g. "memory", "redis", "amqp". */
+  readonly name: string
+  /** Called once by the plugin before the server starts listening. */
+  attach (sink: BrokerSink): Promise<void>
+  subscribe (topic: string): Promise<void>
+  unsubscribe (topic: string): Promise<void>
+  /**
+   * Sends a publication to every other process. Rejects with FST_DRIZZLE_BROKER_UNAVAILABLE when the
+   * broker cannot take it now (never queues without bound), FST_DRIZZLE_BROKER_CLOSED after close().
+   */
+  publish (topic: string, data: unknown, options?: PublishOptions): Promise<void>
+  /** Releases what the broker created; never closes a client the user passed in. Idempotent. */
+  close (): Promise<void>
+}

@@ -1,0 +1,43 @@
+import createError from '@fastify/error'
+
+// Errors sent to clients in error frames. Their codes are the wire protocol (DESIGN section 3):
+// clients and outside tests match on them, so they carry no FST_ prefix.
+export const ValidationError = createError('VALIDATION_ERROR', '%s', 400)
+export const ResourceNotFoundError = createError('RESOURCE_NOT_FOUND', 'Resource "%s" not found', 404)
+export const ActionNotFoundError = createError('ACTION_NOT_FOUND', 'Action "%s" not found on resource "%s"', 404)
+export const TopicNotFoundError = createError('TOPIC_NOT_FOUND', 'Topic "%s" not found', 404)
+export const UnauthorizedError = createError('UNAUTHORIZED', '%s', 401)
+export const ForbiddenError = createError('FORBIDDEN', '%s', 403)
+export const TooManyRequestsError = createError('TOO_MANY_REQUESTS', '%s', 429)
+export const ActionTimeoutError = createError('ACTION_TIMEOUT', 'Action did not complete within %d ms', 504)
+export const ShuttingDownError = createError('SERVICE_UNAVAILABLE', 'Server is shutting down', 503)
+export const InternalError = createError('INTERNAL_ERROR', 'Unknown error', 500)
+
+// Errors thrown to the developer at registration time. Each message says what was received.
+export const InvalidOptionError = createError('FST_DRIZZLE_INVALID_OPTION', 'Invalid option "%s": %s, received %s')
+export const AlreadyRegisteredError = createError('FST_DRIZZLE_ALREADY_REGISTERED', 'fastify-drizzle is already registered on this instance or an ancestor')
+export const InvalidResourceNameError = createError('FST_DRIZZLE_INVALID_RESOURCE_NAME', 'Invalid resource name: %s')
+export const DuplicateResourceError = createError('FST_DRIZZLE_DUPLICATE_RESOURCE', 'Resource "%s" is already declared')
+export const InvalidActionError = createError('FST_DRIZZLE_INVALID_ACTION', 'Invalid action "%s" of resource "%s": %s')
+export const InvalidSchemaError = createError('FST_DRIZZLE_INVALID_SCHEMA', 'Invalid %s schema of action "%s" of resource "%s": %s')
+export const InvalidHookError = createError('FST_DRIZZLE_INVALID_HOOK', 'Invalid hook: %s')
+export const InvalidTopicError = createError('FST_DRIZZLE_INVALID_TOPIC', 'Invalid topic: %s')
+export const DuplicateTopicError = createError('FST_DRIZZLE_DUPLICATE_TOPIC', 'Topic pattern "%s" is already declared')
+export const AlreadyStartedError = createError('FST_DRIZZLE_ALREADY_STARTED', 'Cannot %s after the server has started')
+
+// Errors of brokers, returned to callers of publish().
+export const BrokerUnavailableError = createError('FST_DRIZZLE_BROKER_UNAVAILABLE', 'Broker "%s" cannot take the publication: %s', 503)
+export const BrokerClosedError = createError('FST_DRIZZLE_BROKER_CLOSED', 'Broker "%s" is closed', 503)
+
+/** Describes a received value for error messages: its type and a short rendering. */
+export function describe (value: unknown): string {
+  if (value === null) return 'null'
+  if (Array.isArray(value)) return `an array (length ${value.length})`
+  switch (typeof value) {
+    case 'string': return `a string (${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '...' : value)})`
+    case 'function': return `a function (${value.name || 'anonymous'})`
+    case 'object': return `an object (keys: ${Object.keys(value).slice(0, 5).join(', ') || 'none'})`
+    case 'undefined': return 'undefined'
+    default: return `${typeof value} (${String(value)})`
+  }
+}

@@ -19,7 +19,7 @@ export const AlreadyRegisteredError = createError('FST_DRIZZLE_ALREADY_REGISTERE
 export const InvalidResourceNameError = createError('FST_DRIZZLE_INVALID_RESOURCE_NAME', 'Invalid resource name: %s')
 export const DuplicateResourceError = createError('FST_DRIZZLE_DUPLICATE_RESOURCE', 'Resource "%s" is already declared')
 export const InvalidActionError = createError('FST_DRIZZLE_INVALID_ACTION', 'Invalid action "%s" of resource "%s": %s')
-export const InvalidSchemaError = createError('FST_DRIZZLE_INVALID_SCHEMA', 'Invalid %s schema of action "%s" of resource "%s": %s')
+export const InvalidSchemaError = createError('FST_DRIZZLE_INVALID_SCHEMA', 'Invalid %s schema of %s: %s')
 export const InvalidHookError = createError('FST_DRIZZLE_INVALID_HOOK', 'Invalid hook: %s')
 export const InvalidTopicError = createError('FST_DRIZZLE_INVALID_TOPIC', 'Invalid topic: %s')
 export const DuplicateTopicError = createError('FST_DRIZZLE_DUPLICATE_TOPIC', 'Topic pattern "%s" is already declared')
@@ -28,6 +28,11 @@ export const AlreadyStartedError = createError('FST_DRIZZLE_ALREADY_STARTED', 'C
 // Errors of brokers, returned to callers of publish().
 export const BrokerUnavailableError = createError('FST_DRIZZLE_BROKER_UNAVAILABLE', 'Broker "%s" cannot take the publication: %s', 503)
 export const BrokerClosedError = createError('FST_DRIZZLE_BROKER_CLOSED', 'Broker "%s" is closed', 503)
+
+/** A VALIDATION_ERROR carrying the list of what was wrong, each with its path. */
+export function validationError (message: string, details: Array<{ path: string, message: string }>): Error & { details: Array<{ path: string, message: string }> } {
+  return Object.assign(new ValidationError(message), { details })
+}
 
 /** Describes a received value for error messages: its type and a short rendering. */
 export function describe (value: unknown): string {

@@ -1,0 +1,157 @@
+import { STATUS_CODES } from 'node:http'
+import { performance } from 'node:perf_hooks'
+import { ActionContext } from './context.js'
+import type { Connection } from './connection.js'
+import { ActionTimeoutError, InternalError, TooManyRequestsError, validationError } from './errors.js'
+import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
+import { dataErrors, encodeError, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
+import type { CompiledAction } from './resources.js'
+import type { Runtime } from './runtime.js'
+
+// The per-message path. Everything here runs for every frame, so it only reads what registration
+// and the ready hook prepared: compiled schemas, prebuilt hook chains, Maps of actions.
+
+/** Entry point of a frame; never throws (the socket listener relies on it). */
+export function handleFrame (rt: Runtime, conn: Connection, raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+  const parsed = parseFrame(raw, isBinary, rt.parseOptions)
+  if (parsed instanceof FrameError) {
+    conn.log.debug({ err: parsed.error }, 'frame rejected')
+    conn.write(encodeError(parsed.requestId, toWireError(parsed.error)))
+    return
+  }
+  const refusal = admit(rt, conn)
+  if (refusal !== undefined) {
+    reject(rt, conn, parsed, refusal)
+    return
+  }
+  const action = rt.resolve(conn, parsed)
+  if (action instanceof Error) {
+    reject(rt, conn, parsed, action)
+    return
+  }
+  dispatch(rt, conn, action, parsed).catch(err => conn.log.error({ err }, 'action dispatch failed'))
+}
+
+/** Applies the per-connection rate and in-flight limits; returns the error to send when over. */
+function admit (rt: Runtime, conn: Connection): Error | undefined {
+  const rate = rt.options.rateLimit
+  if (rate !== false) {
+    const now = performance.now()
+    if (now - conn.windowStart >= rate.timeWindow) {
+      conn.windowStart = now
+      conn.windowCount = 0
+    }
+    if (++conn.windowCount > rate.max) return new TooManyRequestsError(`Rate limit of ${rate.max} requests per ${rate.timeWindow} ms exceeded`)
+  }
+  if (conn.inFlight >= rt.options.maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${rt.options.maxInFlight})`)
+  return undefined
+}
+
+/** Answers a request that never reached an action (unknown names, limits). */
+function reject (rt: Runtime, conn: Connection, message: Envelope, error: Error): void {
+  const wire = toWireError(error)
+  conn.write(encodeError(message.request_id, wire))
+  if (!rt.options.disableActionLogging) {
+    conn.log.info({ resource: message.resource, action: message.action, request_id: message.request_id, statusCode: wire.statusCode, responseTime: 0 }, 'action completed')
+  }
+}
+
+async function dispatch (rt: Runtime, conn: Connection, action: CompiledAction, message: Envelope): Promise<void> {
+  const start = performance.now()
+  const ctx = new ActionContext(rt, conn, action.resource, action.action, message.request_id, action.scope)
+  conn.inFlight++
+  rt.inFlight++
+  let frame: string
+  try {
+    const timeout = action.timeout ?? rt.options.actionTimeout
+    const data = timeout > 0 ? await withTimeout(execute(action, message, ctx), timeout) : await execute(action, message, ctx)
+    frame = encodeReply(data, message.request_id)
+  } catch (err) {
+    frame = await errorFrame(action, message, ctx, err)
+  } finally {
+    conn.inFlight--
+    rt.inFlight--
+  }
+  conn.write(frame)
+  rt.actionSettled()
+  if (!rt.options.disableActionLogging) {
+    conn.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - start }, 'action completed')
+  }
+  if (action.hooks.onResponse.length > 0) await runSafeHooks(action.hooks.onResponse, ctx.log, 'onResponse', message, ctx)
+}
+
+/** Hooks, validation, handler, onSend, serialization: resolves to the serialized data. */
+async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string> {
+  if (!action.hasHooks) {
+    validate(action, message)
+    return action.serialize(await action.handler.call(action.scope, message, ctx))
+  }
+  const hooks = action.hooks
+  if (hooks.onRequest.length > 0) await runHooks(hooks.onRequest, message, ctx)
+  if (hooks.preValidation.length > 0) await runHooks(hooks.preValidation, message, ctx)
+  validate(action, message)
+  if (hooks.preHandler.length > 0) await runHooks(hooks.preHandler, message, ctx)
+  let data = await action.handler.call(action.scope, message, ctx)
+  if (hooks.onSend.length > 0) data = await runSendHooks(hooks.onSend, message, ctx, data)
+  return action.serialize(data)
+}
+
+function validate (action: CompiledAction, message: Envelope): void {
+  const validator = action.validator
+  if (validator === undefined || validator.Check(message.data)) return
+  // Errors() is ~100x dearer than Check(): only called once Check failed.
+  const details = dataErrors(validator.Errors(message.data))
+  const first = details[0]
+  throw validationError(first === undefined ? '"data" is invalid' : `"${first.path.slice(1)}" ${first.message}`, details)
+}
+
+function withTimeout (pending: Promise<string>, ms: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(reject, ms, new ActionTimeoutError(ms))
+    pending.then(value => { clearTimeout(timer); resolve(value) }, err => { clearTimeout(timer); reject(err) })
+  })
+}
+
+async function errorFrame (action: CompiledAction, message: Envelope, ctx: ActionContext, err: unknown): Promise<string> {
+  const wire = toWireError(err)
+  ctx.statusCode = wire.statusCode
+  if (wire.statusCode >= 500) ctx.log.error({ err }, wire.code === 'ACTION_TIMEOUT' ? 'action timed out' : 'action failed')
+  const hooks = wire.code === 'ACTION_TIMEOUT' ? action.hooks.onTimeout : action.hooks.onError
+  if (hooks.length > 0) await runSafeHooks(hooks, ctx.log, wire.code === 'ACTION_TIMEOUT' ? 'onTimeout' : 'onError', message, ctx, err)
+  return encodeError(message.request_id, wire)
+}
+
+const INTERNAL = new InternalError()
+
+// Our own 5xx errors that are safe to show: they say nothing about the app's internals.
+const PUBLIC_5XX = new Set(['ACTION_TIMEOUT', 'SERVICE_UNAVAILABLE'])
+
+/**
+ * What the client may learn of an error: errors with a statusCode below 500 pass through with their
+ * code, message and details; anything else becomes INTERNAL_ERROR "Unknown error".
+ */
+export function toWireError (err: unknown): WireError {
+  if (err !== null && typeof err === 'object') {
+    const e = err as { statusCode?: unknown, status?: unknown, code?: unknown, message?: unknown, details?: unknown }
+    const status = typeof e.statusCode === 'number' ? e.statusCode : e.status
+    const code = typeof e.code === 'string' && e.code.length > 0 ? e.code : undefined
+    if (typeof status === 'number' && Number.isInteger(status) && status >= 400 && status < 500) {
+      return {
+        code: code ?? codeOfStatus(status),
+        message: typeof e.message === 'string' ? e.message : String(STATUS_CODES[status] ?? 'Error'),
+        statusCode: status,
+        details: e.details
+      }
+    }
+    if (code !== undefined && PUBLIC_5XX.has(code) && typeof status === 'number') {
+      return { code, message: String(e.message), statusCode: status }
+    }
+  }
+  return { code: INTERNAL.code, message: INTERNAL.message, statusCode: 500 }
+}
+
+/** `409` -> `CONFLICT`, for errors (e.g. http-errors) that carry a status but no code. */
+function codeOfStatus (status: number): string {
+  const text = STATUS_CODES[status]
+  return text === undefined ? `HTTP_${status}` : text.toUpperCase().replace(/[^A-Z0-9]+/g, '_').replace(/^_|_$/g, '')
+}

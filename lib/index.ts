@@ -1,0 +1,18 @@
+import { drizzle } from './plugin.js'
+
+export default drizzle
+export { drizzle, drizzle as fastifyDrizzle }
+export { memoryBroker } from './brokers/memory.js'
+export type { Broker, BrokerSink, PublishOptions } from './brokers/types.js'
+export type { DrizzleOptions, RateLimitOptions, OriginCheck } from './options.js'
+export type { DrizzleConnection, DrizzleConnectionStore } from './connection.js'
+export { ActionContext } from './context.js'
+export { DrizzleScope } from './scope.js'
+export * as errors from './errors.js'
+export type { Envelope, RequestIdValue, ErrorDetail } from './protocol.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    drizzle: import('./scope.js').DrizzleScope
+  }
+}

@@ -1,0 +1,121 @@
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import websocket from '@fastify/websocket'
+import type { WebSocket } from 'ws'
+import { AlreadyRegisteredError } from './errors.js'
+import { resolveOptions, type DrizzleOptions, type ResolvedOptions } from './options.js'
+import { Runtime } from './runtime.js'
+import { scopeGetter } from './scope.js'
+
+const GOING_AWAY = 1001
+
+async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): Promise<void> {
+  const options = resolveOptions(input)
+  if (fastify.hasDecorator('drizzle')) throw new AlreadyRegisteredError()
+  const rt = new Runtime(fastify, options, fastify.log)
+
+  if (!fastify.hasDecorator('websocketServer')) {
+    // closeTimeout bounds how long a peer that never answers a close can hold its socket (NOTES.md).
+    const wsOptions = { maxPayload: options.maxPayload, closeTimeout: 1000, perMessageDeflate: false, ...options.websocket }
+    await fastify.register(websocket, { options: wsOptions as NonNullable<Parameters<typeof websocket>[1]['options']> })
+  }
+  fastify.decorate('drizzle', { getter: scopeGetter(rt) })
+
+  fastify.route({
+    method: 'GET',
+    url: options.path,
+    onRequest: (request, reply, done) => guardUpgrade(rt, request, reply, done),
+    // A plain GET gets a clear answer instead of a 404.
+    handler: (_request, reply) => {
+      reply.code(426).header('upgrade', 'websocket').send({ statusCode: 426, code: 'UPGRADE_REQUIRED', error: 'Upgrade Required', message: 'This route accepts WebSocket connections only' })
+    },
+    wsHandler: (socket: WebSocket, request: FastifyRequest) => rt.open(socket, request)
+  })
+
+  fastify.addHook('onReady', async () => {
+    rt.ready()
+    await rt.broker.attach({ deliver: (topic, data, event) => rt.deliver(topic, data, event), log: fastify.log })
+    await rt.broker.subscribe('__all__')
+    startHeartbeat(rt)
+  })
+  fastify.addHook('preClose', async function (this: FastifyInstance) { await shutdown(rt) })
+  fastify.addHook('onClose', async () => {
+    if (options.closeBroker) await rt.broker.close()
+  })
+}
+
+/** Refuses upgrades while closing, over the connection cap, or from a browser origin not allowed. */
+function guardUpgrade (rt: Runtime, request: FastifyRequest, reply: FastifyReply, done: () => void): void {
+  if (rt.closing) {
+    reply.code(503).send({ statusCode: 503, code: 'SERVICE_UNAVAILABLE', error: 'Service Unavailable', message: 'Server is shutting down' })
+    return
+  }
+  if (rt.connections.size >= rt.options.maxConnections) {
+    reply.code(503).send({ statusCode: 503, code: 'TOO_MANY_CONNECTIONS', error: 'Service Unavailable', message: `Connection limit of ${rt.options.maxConnections} reached` })
+    return
+  }
+  const origin = request.headers.origin
+  if (origin !== undefined && !originAllowed(rt.options.allowedOrigins, origin, request)) {
+    request.log.info({ origin }, 'websocket origin refused')
+    reply.code(403).send({ statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: `Origin ${JSON.stringify(origin)} is not allowed` })
+    return
+  }
+  done()
+}
+
+function originAllowed (allowed: ResolvedOptions['allowedOrigins'], origin: string, request: FastifyRequest): boolean {
+  if (allowed === '*') return true
+  if (typeof allowed === 'function') return allowed(origin, request) === true
+  if (allowed !== undefined) return allowed.includes(origin)
+  // Default: same origin only. A browser always sends Origin; comparing its host with Host stops
+  // cross-site WebSocket hijacking while non-browser clients (no Origin) connect freely.
+  try {
+    return new URL(origin).host === request.headers.host
+  } catch {
+    return false
+  }
+}
+
+/** One timer for all connections: ping each, terminate those that missed the previous pong. */
+function startHeartbeat (rt: Runtime): void {
+  const interval = rt.options.heartbeatInterval
+  if (interval === 0) return
+  const timer = setInterval(() => {
+    for (const conn of rt.connections) {
+      if (conn.awaitingPong) {
+        conn.log.info({ connection: conn.id }, 'connection missed its heartbeat; terminating')
+        conn.socket.terminate()
+        continue
+      }
+      conn.awaitingPong = true
+      try { conn.socket.ping() } catch { /* socket already closing: the close event cleans up */ }
+    }
+  }, interval)
+  timer.unref()
+  rt.root.addHook('onClose', async () => clearInterval(timer))
+}
+
+/**
+ * Stops new upgrades, lets actions in flight reply within the grace period, then closes every socket
+ * with 1001; a peer that never answers the close is terminated, so it cannot hold shutdown.
+ */
+async function shutdown (rt: Runtime): Promise<void> {
+  rt.closing = true
+  await rt.waitForActions(rt.options.closeGracePeriod)
+  const closed: Promise<void>[] = []
+  for (const conn of rt.connections) {
+    closed.push(new Promise<void>(resolve => {
+      const socket = conn.socket
+      if (socket.readyState === 3) { resolve(); return }
+      const timer = setTimeout(() => socket.terminate(), 1000)
+      socket.once('close', () => { clearTimeout(timer); resolve() })
+      socket.close(GOING_AWAY, 'Server shutting down')
+    }))
+  }
+  await Promise.all(closed)
+}
+
+export const drizzle = fp(drizzlePlugin as FastifyPluginAsync<DrizzleOptions>, {
+  name: 'fastify-drizzle',
+  fastify: '5.x'
+})

@@ -1,0 +1,254 @@
+import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
+import type { WebSocket } from 'ws'
+import Type from 'typebox'
+import { Compile } from 'typebox/compile'
+import type { Broker, PublishOptions } from './brokers/types.js'
+import { memoryBroker } from './brokers/memory.js'
+import { Connection } from './connection.js'
+import type { ContextHost } from './context.js'
+import { handleFrame } from './dispatch.js'
+import {
+  ActionNotFoundError, AlreadyStartedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TopicNotFoundError,
+  validationError, describe
+} from './errors.js'
+import {
+  ACTION_HOOKS, APPLICATION_HOOKS, compileHook, isActionHookName, runSafeHooks, type ActionHookName, type ApplicationHookName,
+  type CompiledHook
+} from './hooks.js'
+import type { ResolvedOptions } from './options.js'
+import { encodePublication, MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
+import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
+import { ALL_TOPIC, checkTopic, parsePattern, Subscriptions, TopicPatterns, type DeclaredTopic } from './topics.js'
+
+const TOPIC_RESOURCE = '$topic'
+const topicData = Compile(Type.Object({ topic: Type.String({ minLength: 1, maxLength: MAX_NAME_LENGTH }) }))
+
+interface TopicActions { subscribe: CompiledAction, unsubscribe: CompiledAction }
+
+/**
+ * The plugin's state for one app: declarations, connections, subscriptions and the broker.
+ * Scopes are Fastify instances; their hooks are kept per instance and resolved into each action's
+ * chain (parent scope first) when the server becomes ready.
+ */
+export class Runtime implements ContextHost {
+  readonly registry = new ResourceRegistry()
+  readonly patterns = new TopicPatterns()
+  readonly topicActions = new Map<DeclaredTopic, TopicActions>()
+  readonly subscriptions: Subscriptions
+  readonly broker: Broker
+  readonly connections = new Set<Connection>()
+  readonly parseOptions: ParseOptions
+  readonly appHooks = {} as Record<ApplicationHookName, CompiledHook[]>
+  private readonly scopeHooks = new WeakMap<object, Record<ActionHookName, CompiledHook[]>>()
+  /** Unsubscribing from a topic that matches no declaration, which a handler may have subscribed. */
+  private readonly plainUnsubscribe: CompiledAction
+  inFlight = 0
+  started = false
+  closing = false
+  private drained: (() => void) | undefined
+
+  constructor (readonly root: FastifyInstance, readonly options: ResolvedOptions, readonly log: FastifyBaseLogger) {
+    this.broker = options.broker ?? memoryBroker()
+    this.parseOptions = { protoAction: options.onProtoPoisoning, constructorAction: options.onConstructorPoisoning }
+    this.subscriptions = new Subscriptions(this.broker, (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
+    for (const name of APPLICATION_HOOKS) this.appHooks[name] = []
+    this.plainUnsubscribe = this.topicAction(root, 'unsubscribe', undefined)
+  }
+
+  // ---- declarations -------------------------------------------------------------------------
+
+  declareResource (scope: FastifyInstance, name: unknown, actions: unknown): void {
+    const compiled = this.registry.declare(scope, name, actions)
+    if (this.started) for (const action of compiled.values()) this.link(action)
+  }
+
+  declareTopic (scope: FastifyInstance, pattern: unknown, options: unknown): void {
+    const declared = parsePattern(pattern, options, scope)
+    this.patterns.add(declared)
+    const actions = { subscribe: this.topicAction(scope, 'subscribe', declared), unsubscribe: this.topicAction(scope, 'unsubscribe', declared) }
+    this.topicActions.set(declared, actions)
+    if (this.started) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
+  }
+
+  addHook (scope: FastifyInstance, name: unknown, fn: unknown): void {
+    if (this.started) throw new AlreadyStartedError(`add the ${describe(name)} hook`)
+    const hook = compileHook(name, fn, scope)
+    if (!isActionHookName(name as string)) {
+      this.appHooks[name as ApplicationHookName].push(hook)
+      return
+    }
+    let hooks = this.scopeHooks.get(scope)
+    if (hooks === undefined) {
+      hooks = emptyChain() as Record<ActionHookName, CompiledHook[]>
+      this.scopeHooks.set(scope, hooks)
+    }
+    hooks[name as ActionHookName].push(hook)
+  }
+
+  /** Called once when Fastify is ready: resolves every action's hook chain. */
+  ready (): void {
+    this.started = true
+    for (const action of this.registry.actions()) this.link(action)
+    for (const actions of this.topicActions.values()) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
+    this.link(this.plainUnsubscribe)
+  }
+
+  /** Scope hooks from the root down to the action's scope, then the action's own. */
+  private link (action: CompiledAction): void {
+    const scopes: Record<ActionHookName, CompiledHook[]>[] = []
+    for (let o: object | null = action.scope; o !== null; o = Object.getPrototypeOf(o)) {
+      const hooks = this.scopeHooks.get(o)
+      if (hooks !== undefined) scopes.unshift(hooks)
+    }
+    const chain = {} as Record<ActionHookName, readonly CompiledHook[]>
+    for (const name of ACTION_HOOKS) chain[name] = [...scopes.flatMap(s => s[name]), ...action.ownHooks[name]]
+    action.hooks = chain as HookChain
+    action.hasHooks = ACTION_HOOKS.some(name => chain[name].length > 0)
+  }
+
+  // ---- connections ------------------------------------------------------------------------
+
+  open (socket: WebSocket, request: FastifyRequest): void {
+    const conn = new Connection(socket, request, encodePublication)
+    this.connections.add(conn)
+    this.subscriptions.add(conn, ALL_TOPIC)
+    socket.on('message', (raw: Buffer, isBinary: boolean) => {
+      try {
+        handleFrame(this, conn, raw, isBinary)
+      } catch (err) {
+        conn.log.error({ err }, 'frame handling failed')
+      }
+    })
+    socket.on('pong', () => { conn.awaitingPong = false })
+    socket.on('error', err => conn.log.warn({ err }, 'websocket error'))
+    socket.once('close', (code: number) => this.forget(conn, code))
+    if (this.appHooks.onConnect.length > 0) runSafeHooks(this.appHooks.onConnect, conn.log, 'onConnect', conn).catch(() => {})
+  }
+
+  /** A closed connection leaves no trace: subscriptions, the connection set, listeners. */
+  private forget (conn: Connection, code: number): void {
+    conn.closed = true
+    this.connections.delete(conn)
+    const topics = this.subscriptions.removeAll(conn)
+    conn.socket.removeAllListeners('message')
+    conn.socket.removeAllListeners('pong')
+    conn.log.debug({ connection: conn.id, code }, 'connection closed')
+    if (this.appHooks.onUnsubscribe.length > 0) {
+      for (const topic of topics) runSafeHooks(this.appHooks.onUnsubscribe, conn.log, 'onUnsubscribe', conn, topic).catch(() => {})
+    }
+    if (this.appHooks.onDisconnect.length > 0) runSafeHooks(this.appHooks.onDisconnect, conn.log, 'onDisconnect', conn).catch(() => {})
+  }
+
+  // ---- dispatch ---------------------------------------------------------------------------
+
+  /** Finds the action for an envelope, or the error that says why there is none. */
+  resolve (conn: Connection, message: Envelope): CompiledAction | Error {
+    if (message.resource === TOPIC_RESOURCE) return this.resolveTopicAction(conn, message)
+    const actions = this.registry.resources.get(message.resource)
+    if (actions === undefined) return new ResourceNotFoundError(message.resource)
+    return actions.get(message.action) ?? new ActionNotFoundError(message.action, message.resource)
+  }
+
+  private resolveTopicAction (conn: Connection, message: Envelope): CompiledAction | Error {
+    const name = message.action
+    if (name !== 'subscribe' && name !== 'unsubscribe') return new ActionNotFoundError(name, TOPIC_RESOURCE)
+    if (!topicData.Check(message.data)) {
+      return validationError(`"data.topic" must be a non-empty string of at most ${MAX_NAME_LENGTH} characters`,
+        [{ path: '/data/topic', message: `must be a non-empty string of at most ${MAX_NAME_LENGTH} characters` }])
+    }
+    const topic = (message.data as { topic: string }).topic
+    const match = this.patterns.match(topic)
+    if (match !== undefined) return (this.topicActions.get(match.declared) as TopicActions)[name]
+    if (name === 'unsubscribe' && conn.topics.has(topic) && topic !== ALL_TOPIC) return this.plainUnsubscribe
+    return new TopicNotFoundError(topic)
+  }
+
+  /** The built-in `$topic` actions of one declared topic, dispatched in its scope like any action. */
+  private topicAction (scope: FastifyInstance, name: 'subscribe' | 'unsubscribe', declared: DeclaredTopic | undefined): CompiledAction {
+    const rt = this
+    async function subscribe (message: Envelope, ctx: { connection: Connection }) {
+      const topic = (message.data as { topic: string }).topic
+      const authorize = declared?.options.authorize
+      if (authorize !== undefined) {
+        const params = rt.patterns.match(topic)?.params ?? {}
+        if (await authorize(ctx, params) !== true) throw new ForbiddenError(`Not allowed to subscribe to "${topic}"`)
+      }
+      await rt.subscribe(ctx.connection, topic)
+      return { topic, subscribed: true }
+    }
+    async function unsubscribe (message: Envelope, ctx: { connection: Connection }) {
+      const topic = (message.data as { topic: string }).topic
+      await rt.unsubscribe(ctx.connection, topic)
+      return { topic, subscribed: false }
+    }
+    return compileAction(scope, TOPIC_RESOURCE, name, name === 'subscribe' ? subscribe : unsubscribe)
+  }
+
+  // ---- topics -----------------------------------------------------------------------------
+
+  async subscribe (conn: Connection, topic: string): Promise<boolean> {
+    checkTopic(topic)
+    if (conn.closed || !this.subscriptions.add(conn, topic)) return false
+    if (this.appHooks.onSubscribe.length > 0) await runSafeHooks(this.appHooks.onSubscribe, conn.log, 'onSubscribe', conn, topic)
+    return true
+  }
+
+  async unsubscribe (conn: Connection, topic: string): Promise<boolean> {
+    checkTopic(topic)
+    if (!this.subscriptions.remove(conn, topic)) return false
+    if (this.appHooks.onUnsubscribe.length > 0) await runSafeHooks(this.appHooks.onUnsubscribe, conn.log, 'onUnsubscribe', conn, topic)
+    return true
+  }
+
+  /** Delivers locally at once, then hands the publication to the broker for the other processes. */
+  async publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
+    const topics = typeof topic === 'string' ? [topic] : topic
+    if (!Array.isArray(topics) || topics.length === 0) throw new InvalidTopicError(`expected a topic or a non-empty array of topics, received ${describe(topic)}`)
+    for (const t of topics) checkTopic(t)
+    const event = options?.event
+    if (event !== undefined && typeof event !== 'string') throw new InvalidTopicError(`event must be a string, received ${describe(event)}`)
+    const json = JSON.stringify(data) ?? 'null'
+    for (const t of topics) this.deliverJson(t, json, event)
+    if (topics.length === 1) return this.broker.publish(topics[0] as string, data, options)
+    await Promise.all(topics.map(t => this.broker.publish(t, data, options)))
+  }
+
+  /** What a broker calls with a publication from another process. */
+  deliver (topic: string, data: unknown, event: string | undefined): void {
+    this.deliverJson(topic, JSON.stringify(data) ?? 'null', event)
+  }
+
+  private deliverJson (topic: string, json: string, event: string | undefined): void {
+    this.subscriptions.deliver(topic, json, event, this.sendPublication)
+  }
+
+  /** Writes a publication unless the socket is a slow consumer; then drops it or closes the socket. */
+  private readonly sendPublication = (conn: Connection, frame: string): boolean => {
+    if (conn.socket.bufferedAmount > this.options.maxBufferedBytes) {
+      if (this.options.slowConsumer === 'close') {
+        conn.log.warn({ connection: conn.id, bufferedAmount: conn.socket.bufferedAmount }, 'slow consumer closed')
+        conn.close(1013, 'Slow consumer')
+        conn.closed = true
+      }
+      return false
+    }
+    return conn.write(frame)
+  }
+
+  // ---- shutdown ---------------------------------------------------------------------------
+
+  actionSettled (): void {
+    if (this.inFlight === 0 && this.drained !== undefined) this.drained()
+  }
+
+  /** Resolves when no action is in flight, or after `ms`. */
+  waitForActions (ms: number): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve()
+    return new Promise(resolve => {
+      const timer = setTimeout(finish, ms)
+      const rt = this
+      function finish () { clearTimeout(timer); rt.drained = undefined; resolve() }
+      this.drained = finish
+    })
+  }
+}

@@ -1,0 +1,153 @@
+import type { FastifyInstance } from 'fastify'
+import type { Connection } from './connection.js'
+import type { Broker } from './brokers/types.js'
+import { InvalidTopicError, DuplicateTopicError, describe } from './errors.js'
+import { encodePublicationJson, MAX_NAME_LENGTH } from './protocol.js'
+
+export const ALL_TOPIC = '__all__'
+
+export type TopicParams = Record<string, string>
+
+export interface TopicOptions<Ctx = unknown> {
+  /** Decides whether a client may subscribe itself; return false (or throw a 401/403 error) to refuse. */
+  authorize?: (ctx: Ctx, params: TopicParams) => boolean | Promise<boolean>
+  /** Published frames' data schema, for documentation and typing. */
+  schema?: unknown
+}
+
+/** A topic clients may subscribe to themselves, e.g. `rooms/:id`. */
+export interface DeclaredTopic {
+  pattern: string
+  segments: readonly string[]
+  /** Names of the parameter segments, by position; undefined for static segments. */
+  params: readonly (string | undefined)[]
+  options: TopicOptions<any>
+  scope: FastifyInstance
+}
+
+/** Checks a topic name given by the app or a client: a non-empty string of bounded length. */
+export function checkTopic (topic: unknown): asserts topic is string {
+  if (typeof topic !== 'string' || topic.length === 0 || topic.length > MAX_NAME_LENGTH) {
+    throw new InvalidTopicError(`expected a non-empty string of at most ${MAX_NAME_LENGTH} characters, received ${describe(topic)}`)
+  }
+}
+
+export function parsePattern (pattern: unknown, options: unknown, scope: FastifyInstance): DeclaredTopic {
+  checkTopic(pattern)
+  const segments = pattern.split('/')
+  const params = segments.map(s => s.startsWith(':') ? s.slice(1) : undefined)
+  for (let i = 0; i < segments.length; i++) {
+    if (segments[i] === '' || params[i] === '') throw new InvalidTopicError(`pattern "${pattern}" has an empty segment or parameter name`)
+  }
+  const names = params.filter(p => p !== undefined)
+  if (new Set(names).size !== names.length) throw new InvalidTopicError(`pattern "${pattern}" repeats a parameter name`)
+  if (options !== undefined && (options === null || typeof options !== 'object')) {
+    throw new InvalidTopicError(`options of "${pattern}" must be an object, received ${describe(options)}`)
+  }
+  const opts = (options ?? {}) as TopicOptions
+  if (opts.authorize !== undefined && typeof opts.authorize !== 'function') {
+    throw new InvalidTopicError(`authorize of "${pattern}" must be a function, received ${describe(opts.authorize)}`)
+  }
+  return { pattern, segments, params, options: opts, scope }
+}
+
+/**
+ * Declared topics. Static patterns are found in a Map; patterns with parameters are tried in order of
+ * declaration, static segments compared, so a client string is never used as an object key.
+ */
+export class TopicPatterns {
+  private readonly exact = new Map<string, DeclaredTopic>()
+  private readonly withParams: DeclaredTopic[] = []
+
+  add (topic: DeclaredTopic): void {
+    if (this.exact.has(topic.pattern) || this.withParams.some(t => t.pattern === topic.pattern)) {
+      throw new DuplicateTopicError(topic.pattern)
+    }
+    if (topic.params.every(p => p === undefined)) this.exact.set(topic.pattern, topic)
+    else this.withParams.push(topic)
+  }
+
+  all (): DeclaredTopic[] {
+    return [...this.exact.values(), ...this.withParams]
+  }
+
+  match (topic: string): { declared: DeclaredTopic, params: TopicParams } | undefined {
+    const exact = this.exact.get(topic)
+    if (exact !== undefined) return { declared: exact, params: Object.create(null) }
+    const parts = topic.split('/')
+    for (const declared of this.withParams) {
+      const params = matchSegments(declared, parts)
+      if (params !== undefined) return { declared, params }
+    }
+    return undefined
+  }
+}
+
+function matchSegments (declared: DeclaredTopic, parts: readonly string[]): TopicParams | undefined {
+  if (parts.length !== declared.segments.length) return undefined
+  const params: TopicParams = Object.create(null)
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i] as string
+    const name = declared.params[i]
+    if (name === undefined) {
+      if (part !== declared.segments[i]) return undefined
+    } else {
+      if (part === '') return undefined
+      params[name] = part
+    }
+  }
+  return params
+}
+
+/**
+ * Who receives what in this process. Cost of a publication is proportional to the topic's local
+ * subscribers; the broker is told when a topic gains its first subscriber or loses its last.
+ */
+export class Subscriptions {
+  readonly byTopic = new Map<string, Set<Connection>>()
+
+  constructor (private readonly broker: Broker, private readonly onBrokerError: (err: unknown, op: string, topic: string) => void) {}
+
+  add (conn: Connection, topic: string): boolean {
+    if (conn.topics.has(topic)) return false
+    let subscribers = this.byTopic.get(topic)
+    if (subscribers === undefined) {
+      subscribers = new Set()
+      this.byTopic.set(topic, subscribers)
+      if (topic !== ALL_TOPIC) this.broker.subscribe(topic).catch(err => this.onBrokerError(err, 'subscribe', topic))
+    }
+    subscribers.add(conn)
+    conn.topics.add(topic)
+    return true
+  }
+
+  remove (conn: Connection, topic: string): boolean {
+    if (!conn.topics.delete(topic)) return false
+    const subscribers = this.byTopic.get(topic)
+    if (subscribers !== undefined) {
+      subscribers.delete(conn)
+      if (subscribers.size === 0) {
+        this.byTopic.delete(topic)
+        if (topic !== ALL_TOPIC) this.broker.unsubscribe(topic).catch(err => this.onBrokerError(err, 'unsubscribe', topic))
+      }
+    }
+    return true
+  }
+
+  /** Drops every subscription of a closed connection, so nothing keeps a reference to it. */
+  removeAll (conn: Connection): string[] {
+    const topics = [...conn.topics]
+    for (const topic of topics) this.remove(conn, topic)
+    return topics
+  }
+
+  /** Serializes once, then writes the same frame to each local subscriber. Returns how many got it. */
+  deliver (topic: string, json: string, event: string | undefined, send: (conn: Connection, frame: string) => boolean): number {
+    const subscribers = this.byTopic.get(topic)
+    if (subscribers === undefined) return 0
+    const frame = encodePublicationJson(topic, json, event)
+    let delivered = 0
+    for (const conn of subscribers) if (send(conn, frame)) delivered++
+    return delivered
+  }
+}

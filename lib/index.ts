@@ -10,6 +10,12 @@ export { ActionContext } from './context.js'
 export { DrizzleScope } from './scope.js'
 export * as errors from './errors.js'
 export type { Envelope, RequestIdValue, ErrorDetail } from './protocol.js'
+export { action } from './types.js'
+export type {
+  Message, ActionHandler, ActionHook, OnSendHook, OnErrorHook, ConnectionHook, SubscriptionHook, ActionHooks, ActionSchema,
+  ActionObject, DrizzleResource, DrizzleTopic, TopicOptions, InferApi, AnyApi, ActionData, ActionReply, TopicString, MaybePromise
+} from './types.js'
+export type { TopicParams } from './topics.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

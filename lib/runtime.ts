@@ -57,9 +57,10 @@ export class Runtime implements ContextHost {
 
   // ---- declarations -------------------------------------------------------------------------
 
-  declareResource (scope: FastifyInstance, name: unknown, actions: unknown): void {
+  declareResource (scope: FastifyInstance, name: unknown, actions: unknown): Map<string, CompiledAction> {
     const compiled = this.registry.declare(scope, name, actions)
     if (this.started) for (const action of compiled.values()) this.link(action)
+    return compiled
   }
 
   declareTopic (scope: FastifyInstance, pattern: unknown, options: unknown): void {

@@ -2,6 +2,10 @@ import type { FastifyInstance } from 'fastify'
 import type { PublishOptions } from './brokers/types.js'
 import type { DrizzleConnection } from './connection.js'
 import type { Runtime } from './runtime.js'
+import type {
+  ActionFor, ActionHook, ActionSchema, ConnectionHook, DrizzleResource, DrizzleTopic, OnErrorHook, OnSendHook, SubscriptionHook,
+  TopicOptions
+} from './types.js'
 
 /**
  * What `instance.drizzle` returns: the plugin's API bound to the scope it is read from, so that
@@ -10,18 +14,28 @@ import type { Runtime } from './runtime.js'
 export class DrizzleScope {
   constructor (private readonly rt: Runtime, readonly instance: FastifyInstance) {}
 
-  resource (name: string, actions: object): unknown {
-    this.rt.declareResource(this.instance, name, actions)
-    return { name }
+  /**
+   * Declares a resource in this scope: its actions get the hooks of this scope and its ancestors.
+   * Fails with a coded error on a duplicate name, a reserved name or a malformed action.
+   */
+  resource<const N extends string, T extends Record<string, ActionSchema>, A> (name: N, actions: { [K in keyof T]: ActionFor<T[K]> } & A): DrizzleResource<N, A> {
+    const compiled = this.rt.declareResource(this.instance, name, actions)
+    return { name, actions: [...compiled.keys()] }
   }
 
-  topic (pattern: string, options?: object): this {
+  /** Declares a topic clients may subscribe to themselves, with `:param` segments and authorization. */
+  topic<const P extends string, D = unknown> (pattern: P, options?: TopicOptions<D>): DrizzleTopic<P, D> {
     this.rt.declareTopic(this.instance, pattern, options)
-    return this
+    return { pattern }
   }
 
-  addHook (name: string, fn: (...args: any[]) => unknown): this {
-    this.rt.addHook(this.instance, name, fn)
+  addHook (name: 'onRequest' | 'preValidation' | 'preHandler' | 'onResponse' | 'onTimeout', hook: ActionHook): this
+  addHook (name: 'onSend', hook: OnSendHook): this
+  addHook (name: 'onError', hook: OnErrorHook): this
+  addHook (name: 'onConnect' | 'onDisconnect', hook: ConnectionHook): this
+  addHook (name: 'onSubscribe' | 'onUnsubscribe', hook: SubscriptionHook): this
+  addHook (name: string, hook: (...args: any[]) => unknown): this {
+    this.rt.addHook(this.instance, name, hook)
     return this
   }
 

@@ -48,11 +48,13 @@ function exchangeFor (t: TestContext, label: string, url = RABBIT_URL): string {
  * one publisher's messages, so once the sentinel is in, everything published before it has been
  * handled. This checks "not delivered" without sleeping.
  */
-async function flush (exchange: string, sink: FakeSink, topic: string, url = RABBIT_URL): Promise<void> {
+async function flush (exchange: string, topic: string, ...sinks: FakeSink[]): Promise<void> {
   const marker = `sentinel-${Math.random()}`
-  await rawPublish(exchange, topic, JSON.stringify({ data: marker }), url)
-  await waitFor(() => sink.deliveries.some((d) => d.data === marker), 'the sentinel')
-  sink.deliveries.splice(sink.deliveries.findIndex((d) => d.data === marker), 1)
+  await rawPublish(exchange, topic, JSON.stringify({ data: marker }))
+  for (const sink of sinks) {
+    await waitFor(() => sink.deliveries.some((d) => d.data === marker), 'the sentinel')
+    sink.deliveries.splice(sink.deliveries.findIndex((d) => d.data === marker), 1)
+  }
 }
 
 function warnings (sink: FakeSink): string[] {
@@ -103,8 +105,7 @@ test('a publication from one instance reaches the others once, and not its own s
   assert.deepEqual(a.sink.deliveries, [{ topic: 'todos', data: { from: 'b' }, event: undefined }])
 
   // Nothing else arrives: own publications are skipped, each one is delivered once.
-  await flush(exchange, a.sink, 'todos')
-  await flush(exchange, b.sink, 'todos')
+  await flush(exchange, 'todos', a.sink, b.sink)
   assert.equal(a.sink.deliveries.length, 1)
   assert.equal(b.sink.deliveries.length, payloads.length)
   // An undefined payload travels as null, as the wire format says.
@@ -216,7 +217,7 @@ test('only subscribed topics are delivered, unsubscribe stops delivery, exchange
   await rawPublish(exchange, 'c', '{"data":"c1"}')
   await rawPublish(other, 'a', '{"data":"other-a"}')
   await waitFor(() => sink.deliveries.length === 2, 'a1 and b1')
-  await flush(exchange, sink, 'a')
+  await flush(exchange, 'a', sink)
   assert.deepEqual(sink.deliveries.map((d) => `${d.topic}:${String(d.data)}`), ['a:a1', 'b:b1'])
   await waitFor(() => neighbour.sink.deliveries.length === 1, 'the other exchange\'s message')
   assert.deepEqual(neighbour.sink.deliveries.map((d) => d.data), ['other-a'])
@@ -224,19 +225,24 @@ test('only subscribed topics are delivered, unsubscribe stops delivery, exchange
   await broker.unsubscribe('b')
   await broker.unsubscribe('never-subscribed')
   await rawPublish(exchange, 'b', '{"data":"b2"}')
-  await flush(exchange, sink, 'a')
+  await flush(exchange, 'a', sink)
   assert.deepEqual(sink.deliveries.map((d) => d.data), ['a1', 'b1'])
 })
 
-test('topics too long for an AMQP routing key are refused', { skip }, async (t) => {
+test('limits: routing key length, event type, message size, bytes awaiting confirmation', { skip }, async (t) => {
   const exchange = exchangeFor(t, 'long')
-  const { broker } = await attached(t, exchange)
+  const { broker } = await attached(t, exchange, { maxPendingBytes: 200 })
   const long = 'é'.repeat(128) // 256 bytes
   await assert.rejects(broker.subscribe(long), { code: 'FST_DRIZZLE_INVALID_TOPIC' })
   await assert.rejects(broker.publish(long, 1), { code: 'FST_DRIZZLE_INVALID_TOPIC' })
   await assert.rejects(broker.publish('ok', 1, { event: 5 as unknown as string }), { code: 'FST_DRIZZLE_INVALID_OPTION' })
-  await assert.rejects(broker.publish('ok', 'x'.repeat(2 * 1024 * 1024)), RangeError)
+  await assert.rejects(broker.publish('ok', 'x'.repeat(2 * 1024 * 1024)), { code: 'FST_DRIZZLE_BROKER_UNAVAILABLE', message: /exceeds maxMessageBytes/ })
   await broker.publish('é'.repeat(127), 1)
+  // Unconfirmed publications are bounded: beyond maxPendingBytes, publish refuses at once.
+  const results = await Promise.allSettled([broker.publish('ok', 'y'.repeat(150)), broker.publish('ok', 'y'.repeat(150))])
+  assert.equal(results[0]?.status, 'fulfilled')
+  assert.equal(results[1]?.status, 'rejected')
+  assert.match(String((results[1] as PromiseRejectedResult).reason.message), /await confirmation/)
 })
 
 test('a standalone worker in a child process publishes and exits on its own', { skip }, async (t) => {
@@ -339,15 +345,18 @@ test('outages of a private RabbitMQ node: absent at start, restarted mid-run', {
   await waitFor(() => sink.deliveries.length === 1, 'delivery on the new node')
 
   // 3. Restart mid-run: publications are refused while it is down, never queued.
+  await broker.subscribe('gone')
   await rabbit.stopApp()
   await waitFor(() => errors().length === 2, 'the connection loss to be noticed')
   await assert.rejects(broker.publish('todos', 'lost'), { code: 'FST_DRIZZLE_BROKER_UNAVAILABLE' })
   await broker.subscribe('late') // recorded during the outage, applied on reconnect
+  await broker.unsubscribe('gone') // forgotten during the outage, not bound again
   await rabbit.startApp()
   await waitFor(() => restored().length === 2, 'reconnection after the restart', 10_000)
   assert.equal(errors().length, 2)
 
-  // 4. A fresh queue with both bindings: a fresh publisher and another instance reach it.
+  // 4. A fresh queue with the right bindings: a fresh publisher and another instance reach it.
+  await rawPublish(exchange, 'gone', '{"data":"gone"}', rabbit.url)
   await rawPublish(exchange, 'todos', '{"data":"second"}', rabbit.url)
   await rawPublish(exchange, 'late', '{"data":"late"}', rabbit.url)
   const other = amqpBroker({ ...fast, exchange })
@@ -357,9 +366,31 @@ test('outages of a private RabbitMQ node: absent at start, restarted mid-run', {
   assert.deepEqual(sink.deliveries.map((d) => d.data), ['first', 'second', 'late', 'from-other'])
   await broker.publish('todos', 'works-again')
 
+  // An operator deletes our queue: RabbitMQ cancels the consumer and the broker starts over.
+  const bindings = await rabbit.ctl('list_bindings', '-q', '--no-table-headers', 'source_name', 'destination_name')
+  const queue = bindings.split('\n').map((line) => line.split('\t')).find(([source]) => source === exchange)?.[1]
+  assert.ok(queue, `our queue among the bindings:\n${bindings}`)
+  await rabbit.ctl('delete_queue', queue)
+  await waitFor(() => restored().length === 3, 'a new queue after the consumer was cancelled')
+  await rawPublish(exchange, 'todos', '{"data":"third"}', rabbit.url)
+  await waitFor(() => sink.deliveries.length === 5, 'delivery on the new queue')
+
+  // A memory alarm makes RabbitMQ block publishers: the publication in flight times out, later
+  // ones are refused at once, and publishing resumes when the alarm clears.
+  const blockedBroker = amqpBroker({ ...fast, exchange, publishTimeout: 300 })
+  t.after(() => blockedBroker.close())
+  await blockedBroker.publish('todos', 'before-alarm')
+  await rabbit.ctl('set_vm_memory_high_watermark', '0')
+  await assert.rejects(blockedBroker.publish('todos', 'stuck'), { code: 'FST_DRIZZLE_BROKER_UNAVAILABLE', message: /did not confirm within 300 ms|blocks publishers/ })
+  await assert.rejects(blockedBroker.publish('todos', 'refused'), { code: 'FST_DRIZZLE_BROKER_UNAVAILABLE', message: /blocks publishers/ })
+  await rabbit.ctl('set_vm_memory_high_watermark', '0.4')
+  await waitFor(async () => blockedBroker.publish('todos', 'unblocked').then(() => true, () => false), 'publishing after the alarm', 10_000)
+  await blockedBroker.close()
+  sink.deliveries.length = 0
+
   // 5. close() is quick even with the server gone, and leaves nothing running.
   await rabbit.stopApp()
-  await waitFor(() => errors().length === 3, 'the second loss')
+  await waitFor(() => errors().length === 4, 'the last loss')
   const closing = Date.now()
   await broker.close()
   await other.close()

@@ -1,6 +1,5 @@
 import amqp from 'amqplib'
 import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
-import type { FastifyBaseLogger } from 'fastify'
 import type { Broker, BrokerSink, PublishOptions } from './types.js'
 import { DEFAULT_MAX_MESSAGE_BYTES, decodeBrokerMessage, encodeBrokerMessage, originId } from './wire.js'
 import {
@@ -16,8 +15,16 @@ import {
 // and deliberately not on the connection recovery added in amqplib 1.1, so the whole peer range works
 // and outages are logged and reported the way the other brokers do.
 
-/** The logger methods the broker uses; a pino/Fastify logger or `console` fits. */
-export type AmqpBrokerLogger = Pick<FastifyBaseLogger, 'error' | 'warn' | 'info' | 'debug'>
+/**
+ * The part of a pino-like logger the broker uses; a Fastify logger or `console` fits. Same shape as
+ * the Redis broker's, declared here so that importing this module never pulls ioredis types in.
+ */
+export interface BrokerLogger {
+  error (obj: object, msg?: string): void
+  warn (obj: object, msg?: string): void
+  info (obj: object, msg?: string): void
+  debug (obj: object, msg?: string): void
+}
 
 export interface AmqpBrokerOptions {
   /** AMQP URL, credentials and vhost included. Default `amqp://guest:guest@127.0.0.1:5672`. */
@@ -25,7 +32,7 @@ export interface AmqpBrokerOptions {
   /** Name of the durable direct exchange; routing key = topic. Default `drizzle`. */
   exchange?: string
   /** Logger for standalone use; once attached the broker logs through the plugin's logger. Default: silent. */
-  log?: AmqpBrokerLogger
+  log?: BrokerLogger
   /** Larger incoming messages are dropped, larger publications rejected. Default 1 MiB. */
   maxMessageBytes?: number
   /** First delay before reconnecting after an outage, in ms; doubled per failed attempt. Default 100. */
@@ -43,7 +50,7 @@ export interface AmqpBrokerOptions {
 interface Settings {
   url: string
   exchange: string
-  log: AmqpBrokerLogger | undefined
+  log: BrokerLogger | undefined
   maxMessageBytes: number
   reconnectMinDelay: number
   reconnectMaxDelay: number
@@ -67,7 +74,7 @@ type Settle = (err?: Error) => void
 const NAME = 'amqp'
 const MAX_ROUTING_KEY_BYTES = 255
 const CLOSE_TIMEOUT_MS = 2000
-const silent: AmqpBrokerLogger = { error () {}, warn () {}, info () {}, debug () {} }
+const silent: BrokerLogger = { error () {}, warn () {}, info () {}, debug () {} }
 
 const defaults: Settings = {
   url: 'amqp://guest:guest@127.0.0.1:5672',
@@ -114,7 +121,7 @@ class AmqpBroker implements Broker {
     this.settings = settings
   }
 
-  private get log (): AmqpBrokerLogger {
+  private get log (): BrokerLogger {
     return this.sink?.log ?? this.settings.log ?? silent
   }
 
@@ -167,7 +174,8 @@ class AmqpBroker implements Broker {
     }
     const body = Buffer.from(encodeBrokerMessage(data, event, this.origin))
     if (body.length > this.settings.maxMessageBytes) {
-      throw new RangeError(`Publication of ${body.length} bytes exceeds maxMessageBytes (${this.settings.maxMessageBytes}): subscribers would drop it`)
+      // Same code as the Redis broker: the publication cannot be carried (subscribers would drop it).
+      throw new BrokerUnavailableError(NAME, `message of ${body.length} bytes exceeds maxMessageBytes (${this.settings.maxMessageBytes})`)
     }
     const session = await this.sessionForPublish()
     await this.send(session, topic, body)
@@ -212,6 +220,10 @@ class AmqpBroker implements Broker {
         timeout: this.settings.connectTimeout,
         clientProperties: { connection_name: `fastify-drizzle ${this.origin}` }
       })
+      if (this.closed) {
+        await closeConnection(connection)
+        return
+      }
       const session = await this.openSession(connection)
       if (this.closed) {
         await closeConnection(connection)
@@ -260,6 +272,7 @@ class AmqpBroker implements Broker {
     this.session = session
     this.attempt = 0
     this.lastError = ''
+    this.log.debug({ broker: NAME, url: redact(this.settings.url), queue: session.queue }, 'Connected to RabbitMQ')
     if (this.outage) {
       this.outage = false
       this.log.info({ broker: NAME, url: redact(this.settings.url) }, 'RabbitMQ connection restored')
@@ -494,12 +507,12 @@ function checkExchange (exchange: unknown): string {
   return exchange
 }
 
-function checkLogger (log: unknown): AmqpBrokerLogger {
+function checkLogger (log: unknown): BrokerLogger {
   const methods = ['error', 'warn', 'info', 'debug'] as const
   const fits = log !== null && typeof log === 'object' &&
     methods.every((method) => typeof (log as Record<string, unknown>)[method] === 'function')
   if (!fits) throw new InvalidOptionError('log', 'a logger with error, warn, info and debug methods', describe(log))
-  return log as AmqpBrokerLogger
+  return log as BrokerLogger
 }
 
 function checkPositiveInteger (name: string, value: unknown): number {

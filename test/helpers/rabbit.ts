@@ -159,6 +159,8 @@ export interface PrivateRabbit {
   stopApp (): Promise<void>
   /** `rabbitmqctl start_app` and wait until AMQP connections work again. */
   startApp (): Promise<void>
+  /** Runs `rabbitmqctl -n <node> ...args` and returns its standard output. */
+  ctl (...args: string[]): Promise<string>
   /** Stops and halts the node and removes its files. Idempotent. */
   destroy (): Promise<void>
 }
@@ -190,7 +192,10 @@ export async function privateRabbit (): Promise<PrivateRabbit> {
     RABBITMQ_ENABLED_PLUGINS_FILE: join(dir, 'enabled_plugins'),
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS: '-kernel inet_dist_use_interface {127,0,0,1}'
   }
-  const ctl = (...args: string[]) => run(rabbitScript('rabbitmqctl'), ['-n', node, ...args], { env, timeout: 30_000 })
+  const ctl = async (...args: string[]): Promise<string> => {
+    const { stdout } = await run(rabbitScript('rabbitmqctl'), ['-n', node, ...args], { env, timeout: 30_000 })
+    return stdout
+  }
   const waitForAmqp = () => waitFor(() => rabbitReachable(url), `private RabbitMQ node ${node}`, 40_000)
   let started = false
   let destroyed = false
@@ -198,6 +203,7 @@ export async function privateRabbit (): Promise<PrivateRabbit> {
   return {
     url,
     node,
+    ctl,
     async start () {
       started = true
       const server = spawn(rabbitScript('rabbitmq-server'), ['-detached'], { env, cwd: dir, stdio: 'ignore' })

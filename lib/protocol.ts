@@ -67,12 +67,14 @@ export class FrameError {
  */
 export function parseFrame (raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean, options: ParseOptions): Envelope | FrameError {
   let value: unknown
+  let text = ''
   try {
     // ws has already checked text frames are UTF-8; binary frames are checked here.
-    const text = !isBinary && Buffer.isBuffer(raw) ? raw.toString('utf8') : decodeText(raw)
+    text = !isBinary && Buffer.isBuffer(raw) ? raw.toString('utf8') : decodeText(raw)
     value = sjson.parse(text, null, options)
   } catch (err) {
-    return new FrameError(new ValidationError(isProtoError(err) ? 'Frame contains a forbidden __proto__ or constructor.prototype key' : 'Expected Json encodable string'), null)
+    if (!isProtoError(err)) return new FrameError(new ValidationError('Expected Json encodable string'), null)
+    return new FrameError(new ValidationError('Frame contains a forbidden __proto__ or constructor.prototype key'), requestIdOf(text))
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     return new FrameError(new ValidationError('Expected a JSON object with "resource", "action" and "request_id"'), null)
@@ -88,6 +90,15 @@ function decodeText (raw: Buffer | ArrayBuffer | Buffer[]): string {
 
 function isProtoError (err: unknown): boolean {
   return err instanceof SyntaxError && /prototype property/.test(err.message)
+}
+
+/**
+ * The request_id of a frame refused for a poisoned key, so the client can match the error. Plain
+ * JSON.parse is safe here: it makes "__proto__" an own property and never touches a prototype.
+ */
+function requestIdOf (text: string): RequestIdValue | null {
+  const value: unknown = JSON.parse(text)
+  return value !== null && typeof value === 'object' && !Array.isArray(value) ? usableRequestId(value as Record<string, unknown>) : null
 }
 
 function usableRequestId (value: Record<string, unknown>): RequestIdValue | null {

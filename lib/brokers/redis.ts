@@ -11,8 +11,11 @@ export interface BrokerLogger {
   debug (obj: object, msg?: string): void
 }
 
-/** An ioredis client of either reply mapping (`legacy` or `resp3`): the broker only publishes with it. */
-export type RedisClient = Redis | Redis<'resp3'>
+/**
+ * An ioredis client. Left non-generic on purpose: a `Redis<'resp3'>` of ioredis 6 is assignable to
+ * it, and the declaration stays valid for ioredis 5, which the peer range allows.
+ */
+export type RedisClient = Redis
 
 export interface RedisBrokerOptions {
   /** Where Redis is, `redis://` or `rediss://`. Default `redis://127.0.0.1:6379`. Exclusive with `client`. */

@@ -1,7 +1,8 @@
 import amqp from 'amqplib'
 import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
-import type { Broker, BrokerSink, PublishOptions } from './types.js'
-import { DEFAULT_MAX_MESSAGE_BYTES, decodeBrokerMessage, encodeBrokerMessage, originId } from './wire.js'
+import type { Broker, BrokerLogger, BrokerSink, PublishOptions } from './types.js'
+export type { BrokerLogger } from './types.js'
+import { DEFAULT_MAX_MESSAGE_BYTES, decodeBrokerMessage, encodeBrokerMessage, isBrokerLogger, originId, silentLogger } from './wire.js'
 import {
   BrokerClosedError,
   BrokerUnavailableError,
@@ -14,17 +15,6 @@ import {
 // loads it, only `fastify-drizzle/amqp` does. It relies on the promise API common to amqplib 0.10 to 2.x
 // and deliberately not on the connection recovery added in amqplib 1.1, so the whole peer range works
 // and outages are logged and reported the way the other brokers do.
-
-/**
- * The part of a pino-like logger the broker uses; a Fastify logger or `console` fits. Same shape as
- * the Redis broker's, declared here so that importing this module never pulls ioredis types in.
- */
-export interface BrokerLogger {
-  error (obj: object, msg?: string): void
-  warn (obj: object, msg?: string): void
-  info (obj: object, msg?: string): void
-  debug (obj: object, msg?: string): void
-}
 
 export interface AmqpBrokerOptions {
   /** AMQP URL, credentials and vhost included. Default `amqp://guest:guest@127.0.0.1:5672`. */
@@ -74,7 +64,6 @@ type Settle = (err?: Error) => void
 const NAME = 'amqp'
 const MAX_ROUTING_KEY_BYTES = 255
 const CLOSE_TIMEOUT_MS = 2000
-const silent: BrokerLogger = { error () {}, warn () {}, info () {}, debug () {} }
 
 const defaults: Settings = {
   url: 'amqp://guest:guest@127.0.0.1:5672',
@@ -122,7 +111,7 @@ class AmqpBroker implements Broker {
   }
 
   private get log (): BrokerLogger {
-    return this.sink?.log ?? this.settings.log ?? silent
+    return this.sink?.log ?? this.settings.log ?? silentLogger
   }
 
   async attach (sink: BrokerSink): Promise<void> {
@@ -508,10 +497,7 @@ function checkExchange (exchange: unknown): string {
 }
 
 function checkLogger (log: unknown): BrokerLogger {
-  const methods = ['error', 'warn', 'info', 'debug'] as const
-  const fits = log !== null && typeof log === 'object' &&
-    methods.every((method) => typeof (log as Record<string, unknown>)[method] === 'function')
-  if (!fits) throw new InvalidOptionError('log', 'a logger with error, warn, info and debug methods', describe(log))
+  if (!isBrokerLogger(log)) throw new InvalidOptionError('log', 'a logger with error, warn, info and debug methods', describe(log))
   return log as BrokerLogger
 }
 

@@ -1,15 +1,8 @@
 import { Redis, type RedisOptions } from 'ioredis'
-import type { Broker, BrokerSink, PublishOptions } from './types.js'
-import { DEFAULT_MAX_MESSAGE_BYTES, decodeBrokerMessage, encodeBrokerMessage, originId } from './wire.js'
+import type { Broker, BrokerLogger, BrokerSink, PublishOptions } from './types.js'
+export type { BrokerLogger } from './types.js'
+import { DEFAULT_MAX_MESSAGE_BYTES, decodeBrokerMessage, encodeBrokerMessage, isBrokerLogger, originId, silentLogger } from './wire.js'
 import { BrokerClosedError, BrokerUnavailableError, InvalidOptionError, InvalidTopicError, describe } from '../errors.js'
-
-/** The part of a pino-like logger the broker uses; a Fastify logger fits. */
-export interface BrokerLogger {
-  error (obj: object, msg?: string): void
-  warn (obj: object, msg?: string): void
-  info (obj: object, msg?: string): void
-  debug (obj: object, msg?: string): void
-}
 
 /**
  * An ioredis client. Left non-generic on purpose: a `Redis<'resp3'>` of ioredis 6 is assignable to
@@ -62,13 +55,6 @@ const CONNECTION_BEHAVIOUR: Partial<RedisOptions> = {
   lazyConnect: false,
   retryStrategy: reconnectDelay,
   disconnectTimeout: DISCONNECT_TIMEOUT_MS
-}
-
-const silentLogger: BrokerLogger = {
-  error () {},
-  warn () {},
-  info () {},
-  debug () {}
 }
 
 function noop (): void {}
@@ -293,7 +279,7 @@ function validateOptions (options: RedisBrokerOptions): ResolvedOptions {
   if (typeof prefix !== 'string') {
     throw new InvalidOptionError('prefix', 'expected a string', describe(prefix))
   }
-  if (!isLogger(log)) {
+  if (!isBrokerLogger(log)) {
     throw new InvalidOptionError('log', 'expected a logger with error, warn, info and debug methods', describe(log))
   }
   if (!isPositiveInteger(maxMessageBytes)) {
@@ -322,12 +308,6 @@ function isRedisClient (value: unknown): value is RedisClient {
   return typeof candidate.duplicate === 'function' &&
     typeof candidate.publish === 'function' &&
     typeof candidate.status === 'string'
-}
-
-function isLogger (value: unknown): value is BrokerLogger {
-  if (value === null || typeof value !== 'object') return false
-  const candidate = value as Record<string, unknown>
-  return ['error', 'warn', 'info', 'debug'].every((level) => typeof candidate[level] === 'function')
 }
 
 function isPositiveInteger (value: unknown): value is number {

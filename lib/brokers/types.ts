@@ -1,5 +1,13 @@
 import type { FastifyBaseLogger } from 'fastify'
 
+/** The part of a pino-like logger a broker uses; a Fastify logger or `console` fits. */
+export interface BrokerLogger {
+  error (obj: object, msg?: string): void
+  warn (obj: object, msg?: string): void
+  info (obj: object, msg?: string): void
+  debug (obj: object, msg?: string): void
+}
+
 export interface PublishOptions {
   /** Optional event name carried to subscribers in the publication frame. */
   event?: string

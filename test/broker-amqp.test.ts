@@ -1,9 +1,8 @@
 import { test } from 'node:test'
 import type { TestContext } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, execFile } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
 import amqplib from 'amqplib'
 import { amqpBroker } from '../lib/brokers/amqp.js'
 import type { AmqpBrokerOptions } from '../lib/brokers/amqp.js'
@@ -22,6 +21,7 @@ import {
   waitFor
 } from './helpers/rabbit.js'
 import type { FakeSink } from './helpers/rabbit.js'
+import { python, pythonMissing } from './helpers/python.js'
 
 const skip = await rabbitSkipReason()
 const WORKER = fileURLToPath(new URL('./fixtures/amqp-worker.ts', import.meta.url))
@@ -128,10 +128,9 @@ test('a foreign publisher (plain JSON without origin, as pika sends it) is deliv
   ])
 
   await t.test('from Python with pika', async (t) => {
-    const run = promisify(execFile)
-    const hasPika = await run('python3', ['-c', 'import pika']).then(() => true, () => false)
-    if (!hasPika) {
-      t.skip('python3 cannot import pika here (PyPI is unreachable, so it is not installed)')
+    const missing = await pythonMissing('pika')
+    if (missing !== undefined) {
+      t.skip(missing)
       return
     }
     const script = [
@@ -140,7 +139,7 @@ test('a foreign publisher (plain JSON without origin, as pika sends it) is deliv
       'c.channel().basic_publish(exchange=sys.argv[2], routing_key="todos", body=json.dumps({"data": {"py": True}}))',
       'c.close()'
     ].join('\n')
-    await run('python3', ['-c', script, `${RABBIT_URL}/%2F`, exchange], { timeout: 10_000 })
+    await python(script, [`${RABBIT_URL}/%2F`, exchange])
     await waitFor(() => sink.deliveries.some((d) => JSON.stringify(d.data) === '{"py":true}'), 'the pika message')
   })
 })

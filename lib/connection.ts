@@ -3,7 +3,6 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 
 /** Per-connection storage for the app; augment `DrizzleConnectionStore` to type it. */
-// eslint-disable-next-line @typescript-eslint/no-empty-object-type
 export interface DrizzleConnectionStore extends Record<string, unknown> {}
 
 /** What handlers and hooks see of a connection. */

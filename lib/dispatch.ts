@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { ActionContext } from './context.js'
 import type { Connection } from './connection.js'
-import { ActionTimeoutError, InternalError, TooManyRequestsError, validationError } from './errors.js'
+import { ActionTimeoutError, InternalError, ShuttingDownError, TooManyRequestsError, validationError } from './errors.js'
 import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
 import { dataErrors, encodeError, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
@@ -13,10 +13,13 @@ import type { Runtime } from './runtime.js'
 
 /** Entry point of a frame; never throws (the socket listener relies on it). */
 export function handleFrame (rt: Runtime, conn: Connection, raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+  // A connection being closed (slow consumer) can no longer be answered: its backlog of frames is
+  // neither parsed nor run.
+  if (conn.closed) return
   const parsed = parseFrame(raw, isBinary, rt.parseOptions)
   if (parsed instanceof FrameError) {
-    conn.log.debug({ err: parsed.error }, 'frame rejected')
-    conn.write(encodeError(parsed.requestId, toWireError(parsed.error)))
+    conn.log.debug({ err: parsed.reason }, 'frame rejected')
+    sendReply(rt, conn, encodeError(parsed.requestId, toWireError(parsed.reason)))
     return
   }
   const refusal = admit(rt, conn)
@@ -32,8 +35,28 @@ export function handleFrame (rt: Runtime, conn: Connection, raw: Buffer | ArrayB
   dispatch(rt, conn, action, parsed).catch(err => conn.log.error({ err }, 'action dispatch failed'))
 }
 
-/** Applies the per-connection rate and in-flight limits; returns the error to send when over. */
+/**
+ * Writes a reply. Replies are never dropped (every request gets one), so a peer that sends requests
+ * and never reads the replies would have the server buffer them without bound. Publications stop at
+ * maxBufferedBytes; replies get as much again, then the peer is closed with 1013 whatever the
+ * slowConsumer policy says.
+ */
+function sendReply (rt: Runtime, conn: Connection, frame: string): void {
+  if (conn.socket.bufferedAmount > 2 * rt.options.maxBufferedBytes) {
+    if (!conn.closed) {
+      conn.log.warn({ connection: conn.id, bufferedAmount: conn.socket.bufferedAmount }, 'slow consumer closed: replies not read')
+      conn.close(1013, 'Slow consumer')
+      conn.closed = true
+    }
+    return
+  }
+  conn.write(frame)
+}
+
+/** Applies shutdown and the per-connection rate and in-flight limits; returns the error to send when refused. */
 function admit (rt: Runtime, conn: Connection): Error | undefined {
+  // New work during shutdown would keep extending the grace period that in-flight actions get.
+  if (rt.closing) return new ShuttingDownError()
   const rate = rt.options.rateLimit
   if (rate !== false) {
     const now = performance.now()
@@ -50,7 +73,7 @@ function admit (rt: Runtime, conn: Connection): Error | undefined {
 /** Answers a request that never reached an action (unknown names, limits). */
 function reject (rt: Runtime, conn: Connection, message: Envelope, error: Error): void {
   const wire = toWireError(error)
-  conn.write(encodeError(message.request_id, wire))
+  sendReply(rt, conn, encodeError(message.request_id, wire))
   if (!rt.options.disableActionLogging) {
     conn.log.info({ resource: message.resource, action: message.action, request_id: message.request_id, statusCode: wire.statusCode, responseTime: 0 }, 'action completed')
   }
@@ -72,7 +95,7 @@ async function dispatch (rt: Runtime, conn: Connection, action: CompiledAction, 
     conn.inFlight--
     rt.inFlight--
   }
-  conn.write(frame)
+  sendReply(rt, conn, frame)
   rt.actionSettled()
   if (!rt.options.disableActionLogging) {
     conn.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - start }, 'action completed')
@@ -80,8 +103,8 @@ async function dispatch (rt: Runtime, conn: Connection, action: CompiledAction, 
   if (action.hooks.onResponse.length > 0) await runSafeHooks(action.hooks.onResponse, ctx.log, 'onResponse', message, ctx)
 }
 
-/** Hooks, validation, handler, onSend, serialization: resolves to the serialized data. */
-async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string> {
+/** Hooks, validation, handler, onSend, serialization: resolves to the serialized data. Also the HTTP path (http.ts). */
+export async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string> {
   if (!action.hasHooks) {
     validate(action, message)
     return action.serialize(await action.handler.call(action.scope, message, ctx))
@@ -105,7 +128,7 @@ function validate (action: CompiledAction, message: Envelope): void {
   throw validationError(first === undefined ? '"data" is invalid' : `"${first.path.slice(1)}" ${first.message}`, details)
 }
 
-function withTimeout (pending: Promise<string>, ms: number): Promise<string> {
+export function withTimeout (pending: Promise<string>, ms: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(reject, ms, new ActionTimeoutError(ms))
     pending.then(value => { clearTimeout(timer); resolve(value) }, err => { clearTimeout(timer); reject(err) })
@@ -113,12 +136,17 @@ function withTimeout (pending: Promise<string>, ms: number): Promise<string> {
 }
 
 async function errorFrame (action: CompiledAction, message: Envelope, ctx: ActionContext, err: unknown): Promise<string> {
+  return encodeError(message.request_id, await settleError(action, message, ctx, err))
+}
+
+/** Logs 5xx, runs onError/onTimeout, and returns what the client may see; shared with the HTTP path. */
+export async function settleError (action: CompiledAction, message: Envelope, ctx: ActionContext, err: unknown): Promise<WireError> {
   const wire = toWireError(err)
   ctx.statusCode = wire.statusCode
   if (wire.statusCode >= 500) ctx.log.error({ err }, wire.code === 'ACTION_TIMEOUT' ? 'action timed out' : 'action failed')
   const hooks = wire.code === 'ACTION_TIMEOUT' ? action.hooks.onTimeout : action.hooks.onError
   if (hooks.length > 0) await runSafeHooks(hooks, ctx.log, wire.code === 'ACTION_TIMEOUT' ? 'onTimeout' : 'onError', message, ctx, err)
-  return encodeError(message.request_id, wire)
+  return wire
 }
 
 const INTERNAL = new InternalError()

@@ -12,6 +12,8 @@ export const TooManyRequestsError = createError('TOO_MANY_REQUESTS', '%s', 429)
 export const ActionTimeoutError = createError('ACTION_TIMEOUT', 'Action did not complete within %d ms', 504)
 export const ShuttingDownError = createError('SERVICE_UNAVAILABLE', 'Server is shutting down', 503)
 export const InternalError = createError('INTERNAL_ERROR', 'Unknown error', 500)
+// Over HTTP (option `http`) a request has no socket to subscribe: ctx.subscribe/unsubscribe throw this.
+export const SubscribeNotSupportedError = createError('SUBSCRIBE_NOT_SUPPORTED', 'ctx.%s is not available over HTTP', 400)
 
 // Errors thrown to the developer at registration time. Each message says what was received.
 export const InvalidOptionError = createError('FST_DRIZZLE_INVALID_OPTION', 'Invalid option "%s": %s, received %s')

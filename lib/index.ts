@@ -4,7 +4,8 @@ export default drizzle
 export { drizzle, drizzle as fastifyDrizzle }
 export { memoryBroker } from './brokers/memory.js'
 export type { Broker, BrokerSink, PublishOptions } from './brokers/types.js'
-export type { DrizzleOptions, RateLimitOptions, OriginCheck } from './options.js'
+export type { DrizzleOptions, RateLimitOptions, OriginCheck, HttpOptions, AsyncApiOptions } from './options.js'
+export type { AsyncApiDocument, AsyncApiServer, AsyncApiCallOptions } from './asyncapi.js'
 export type { DrizzleConnection, DrizzleConnectionStore } from './connection.js'
 export { ActionContext } from './context.js'
 export { DrizzleScope } from './scope.js'

@@ -49,6 +49,36 @@ export interface DrizzleOptions {
   closeGracePeriod?: number
   /** Options for @fastify/websocket's `ws` server, used only when this plugin registers it. */
   websocket?: Record<string, unknown>
+  /** Also serve every action as `POST <prefix>/<resource>/<action>`, in the scope that declared it (docs/http-and-asyncapi.md). */
+  http?: boolean | HttpOptions
+  /** Serve an AsyncAPI 3.0 document of the resources and topics at `GET <path>/asyncapi.json`. */
+  asyncapi?: boolean | AsyncApiOptions
+}
+
+export interface HttpOptions {
+  /** Path prefix of the action routes; default: the WebSocket `path`, so `POST /ws/todos/get`. */
+  prefix?: string
+}
+
+export interface AsyncApiOptions {
+  /** Path of the document route; default `<path>/asyncapi.json`. */
+  path?: string
+  /**
+   * URL of the server as clients reach it, e.g. `wss://api.example.com` (a path, if any, is where a
+   * proxy mounts the app). Default: the host and protocol of each request for the document.
+   */
+  serverUrl?: string
+  /** The document's `info`; default title "fastify-drizzle API", version "1.0.0". */
+  info?: { title?: string, version?: string, description?: string }
+}
+
+export interface ResolvedHttpOptions { prefix: string }
+
+export interface ResolvedAsyncApiOptions {
+  /** Undefined when the `asyncapi` option is off: `app.drizzle.asyncapi()` still works, no route is served. */
+  path: string | undefined
+  serverUrl: URL | undefined
+  info: { title: string, version: string, description?: string }
 }
 
 export const DEFAULTS = {
@@ -65,10 +95,14 @@ export const DEFAULTS = {
   maxBufferedBytes: 4 * 1024 * 1024,
   slowConsumer: 'close' as 'drop' | 'close',
   heartbeatInterval: 30_000,
-  closeGracePeriod: 5_000
+  closeGracePeriod: 5_000,
+  http: false as boolean | HttpOptions,
+  asyncapi: false as boolean | AsyncApiOptions
 } as const
 
-export type ResolvedOptions = Required<Omit<DrizzleOptions, 'broker' | 'allowedOrigins' | 'websocket' | 'rateLimit'>> & {
+export type ResolvedOptions = Required<Omit<DrizzleOptions, 'broker' | 'allowedOrigins' | 'websocket' | 'rateLimit' | 'http' | 'asyncapi'>> & {
+  http: ResolvedHttpOptions | false
+  asyncapi: ResolvedAsyncApiOptions
   broker: Broker | undefined
   allowedOrigins: '*' | readonly string[] | OriginCheck | undefined
   websocket: Record<string, unknown>
@@ -78,26 +112,31 @@ export type ResolvedOptions = Required<Omit<DrizzleOptions, 'broker' | 'allowedO
 const PROTO_ACTIONS = ['error', 'remove', 'ignore']
 const KNOWN = new Set(['path', 'broker', 'closeBroker', 'disableActionLogging', 'onProtoPoisoning', 'onConstructorPoisoning',
   'maxPayload', 'maxInFlight', 'rateLimit', 'maxConnections', 'actionTimeout', 'maxBufferedBytes', 'slowConsumer',
-  'heartbeatInterval', 'allowedOrigins', 'closeGracePeriod', 'websocket'])
+  'heartbeatInterval', 'allowedOrigins', 'closeGracePeriod', 'websocket', 'http', 'asyncapi'])
 
 function fail (name: string, expected: string, received: unknown): never {
   throw new InvalidOptionError(name, expected, describe(received))
 }
 
+// Only `undefined` means "use the default": `null` is a bad value like any other, reported as received.
+function given (options: Record<string, unknown>, name: keyof typeof DEFAULTS): unknown {
+  return options[name] === undefined ? DEFAULTS[name] : options[name]
+}
+
 function integer (options: Record<string, unknown>, name: keyof typeof DEFAULTS, min: number): number {
-  const value = options[name] ?? DEFAULTS[name]
+  const value = given(options, name)
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) fail(name, `expected an integer >= ${min}`, value)
   return value
 }
 
 function boolean (options: Record<string, unknown>, name: keyof typeof DEFAULTS): boolean {
-  const value = options[name] ?? DEFAULTS[name]
+  const value = given(options, name)
   if (typeof value !== 'boolean') fail(name, 'expected a boolean', value)
   return value
 }
 
 function oneOf<T extends string> (options: Record<string, unknown>, name: keyof typeof DEFAULTS, allowed: readonly string[]): T {
-  const value = options[name] ?? DEFAULTS[name]
+  const value = given(options, name)
   if (typeof value !== 'string' || !allowed.includes(value)) fail(name, `expected one of ${allowed.map(a => `"${a}"`).join(', ')}`, value)
   return value as T
 }
@@ -108,7 +147,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   const options = (input ?? {}) as Record<string, unknown>
   for (const key of Object.keys(options)) if (!KNOWN.has(key)) fail(key, `unknown option; known options are ${[...KNOWN].join(', ')}`, options[key])
 
-  const path = options.path ?? DEFAULTS.path
+  const path = given(options, 'path')
   if (typeof path !== 'string' || !path.startsWith('/')) fail('path', 'expected a string starting with "/"', path)
 
   return {
@@ -128,7 +167,9 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     heartbeatInterval: integer(options, 'heartbeatInterval', 0),
     closeGracePeriod: integer(options, 'closeGracePeriod', 0),
     allowedOrigins: checkOrigins(options.allowedOrigins),
-    websocket: checkWebsocket(options.websocket)
+    websocket: checkWebsocket(options.websocket),
+    http: checkHttp(given(options, 'http'), path),
+    asyncapi: checkAsyncApi(given(options, 'asyncapi'), path)
   }
 }
 
@@ -162,4 +203,50 @@ function checkWebsocket (value: unknown): Record<string, unknown> {
   if (value === undefined) return {}
   if (value === null || typeof value !== 'object' || Array.isArray(value)) fail('websocket', 'expected an object of ws server options', value)
   return value as Record<string, unknown>
+}
+
+const PATH_SEGMENT = /^\/[^\s?#:*]*$/
+
+/** `true` is `{}`; the prefix defaults to the WebSocket path and loses a trailing slash (`/` gives `/<resource>/<action>`). */
+function checkHttp (value: unknown, path: string): ResolvedHttpOptions | false {
+  if (value === false) return false
+  const expected = 'expected a boolean or { prefix?: string starting with "/" }'
+  if (value !== true && !isPlainObject(value)) fail('http', expected, value)
+  const opts = value === true ? {} : value as Record<string, unknown>
+  for (const key of Object.keys(opts)) if (key !== 'prefix') fail('http', `${expected}; unknown key "${key}"`, value)
+  const prefix = opts.prefix ?? path
+  if (typeof prefix !== 'string' || !PATH_SEGMENT.test(prefix)) fail('http.prefix', 'expected a string starting with "/", without spaces, "?", "#", ":" or "*"', prefix)
+  return { prefix: prefix.replace(/\/+$/, '') }
+}
+
+function checkAsyncApi (value: unknown, path: string): ResolvedAsyncApiOptions {
+  const expected = 'expected a boolean or { path?, serverUrl?, info?: { title?, version?, description? } }'
+  if (typeof value !== 'boolean' && !isPlainObject(value)) fail('asyncapi', expected, value)
+  const opts = typeof value === 'boolean' ? {} : value as Record<string, unknown>
+  for (const key of Object.keys(opts)) if (!['path', 'serverUrl', 'info'].includes(key)) fail('asyncapi', `${expected}; unknown key "${key}"`, value)
+  const docPath = opts.path ?? `${path.replace(/\/+$/, '')}/asyncapi.json`
+  if (typeof docPath !== 'string' || !PATH_SEGMENT.test(docPath)) fail('asyncapi.path', 'expected a string starting with "/", without spaces, "?", "#", ":" or "*"', docPath)
+  return { path: value === false ? undefined : docPath, serverUrl: checkServerUrl(opts.serverUrl), info: checkInfo(opts.info) }
+}
+
+function checkServerUrl (value: unknown): URL | undefined {
+  if (value === undefined) return undefined
+  const url = typeof value === 'string' && URL.canParse(value) ? new URL(value) : undefined
+  if (url === undefined || (url.protocol !== 'ws:' && url.protocol !== 'wss:')) fail('asyncapi.serverUrl', 'expected a ws:// or wss:// URL', value)
+  return url
+}
+
+function checkInfo (value: unknown): ResolvedAsyncApiOptions['info'] {
+  const info = { title: 'fastify-drizzle API', version: '1.0.0' } as ResolvedAsyncApiOptions['info']
+  if (value === undefined) return info
+  if (!isPlainObject(value)) fail('asyncapi.info', 'expected an object { title?, version?, description? }', value)
+  for (const [key, v] of Object.entries(value)) {
+    if (!['title', 'version', 'description'].includes(key) || typeof v !== 'string') fail(`asyncapi.info.${key}`, 'expected a string (title, version or description)', v)
+    info[key as 'title'] = v
+  }
+  return info
+}
+
+function isPlainObject (value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value)
 }

@@ -58,7 +58,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 /** A parse failure: the error to send, with the request_id recovered when the frame had a usable one. */
 export class FrameError {
-  constructor (readonly error: Error & { details?: ErrorDetail[] }, readonly requestId: RequestIdValue | null) {}
+  constructor (readonly reason: Error & { details?: ErrorDetail[] }, readonly requestId: RequestIdValue | null) {}
 }
 
 /**

@@ -7,6 +7,7 @@ import { memoryBroker } from './brokers/memory.js'
 import { Connection } from './connection.js'
 import type { ContextHost } from './context.js'
 import { handleFrame } from './dispatch.js'
+import { addHttpRoutes } from './http.js'
 import {
   ActionNotFoundError, AlreadyStartedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TopicNotFoundError,
   validationError, describe
@@ -60,6 +61,7 @@ export class Runtime implements ContextHost {
   declareResource (scope: FastifyInstance, name: unknown, actions: unknown): Map<string, CompiledAction> {
     const compiled = this.registry.declare(scope, name, actions)
     if (this.started) for (const action of compiled.values()) this.link(action)
+    addHttpRoutes(this, scope, compiled)
     return compiled
   }
 
@@ -225,6 +227,9 @@ export class Runtime implements ContextHost {
 
   /** Writes a publication unless the socket is a slow consumer; then drops it or closes the socket. */
   private readonly sendPublication = (conn: Connection, frame: string): boolean => {
+    // A slow consumer being closed stays subscribed until its close completes (up to ws's
+    // closeTimeout): skip it quietly instead of closing and logging it again for every publication.
+    if (conn.closed) return false
     if (conn.socket.bufferedAmount > this.options.maxBufferedBytes) {
       if (this.options.slowConsumer === 'close') {
         conn.log.warn({ connection: conn.id, bufferedAmount: conn.socket.bufferedAmount }, 'slow consumer closed')

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify'
+import { buildAsyncApi, serverOf, type AsyncApiCallOptions, type AsyncApiDocument } from './asyncapi.js'
 import type { PublishOptions } from './brokers/types.js'
 import type { DrizzleConnection } from './connection.js'
 import type { Runtime } from './runtime.js'
@@ -46,6 +47,14 @@ export class DrizzleScope {
   /** Open connections of this app (in this process). */
   get connections (): ReadonlySet<DrizzleConnection> {
     return this.rt.connections
+  }
+
+  /**
+   * The AsyncAPI 3.0 document of the whole app's resources and topics (served at `GET <path>/asyncapi.json`
+   * with the `asyncapi` option). The server is `serverUrl` (argument, then option), else the listening address.
+   */
+  asyncapi (options?: AsyncApiCallOptions): AsyncApiDocument {
+    return buildAsyncApi(this.rt, serverOf(this.rt, undefined, options?.serverUrl))
   }
 
   /** Local subscriber count of a topic. */

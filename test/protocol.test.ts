@@ -150,7 +150,7 @@ test('__proto__ in a frame pollutes nothing', async t => {
   client.send('{"resource":"test","action":"echo","request_id":"p3","data":{"constructor":{"prototype":{"polluted":true}}}}')
   await client.reply('p3')
   assert.equal(({} as Record<string, unknown>).polluted, undefined)
-  assert.equal(Object.prototype.hasOwnProperty.call(Object.prototype, 'polluted'), false)
+  assert.equal(Object.hasOwn(Object.prototype, 'polluted'), false)
 })
 
 test('onProtoPoisoning: "remove" strips __proto__ keys instead of refusing', async t => {

@@ -33,7 +33,6 @@ test('registration errors are coded and say what was received', async t => {
     [() => app.drizzle.resource('x', { get: { handler () {}, preHandler: 'x' } } as any), 'FST_DRIZZLE_INVALID_HOOK', /preHandler hook must be a function, received a string/],
     [() => app.drizzle.addHook('onFoo' as any, () => {}), 'FST_DRIZZLE_INVALID_HOOK', /unknown hook name a string \("onFoo"\)/],
     [() => app.drizzle.addHook('preHandler', 5 as any), 'FST_DRIZZLE_INVALID_HOOK', /number \(5\)/],
-    // eslint-disable-next-line @typescript-eslint/no-unused-vars
     [() => app.drizzle.addHook('preHandler', async (_m: unknown, _c: unknown, _done: unknown) => {}), 'FST_DRIZZLE_INVALID_HOOK', /async and takes a done callback/]
   ]
   for (const [fn, code, message] of cases) {
@@ -117,7 +116,8 @@ test('a reply schema serializes like a Fastify response schema: unknown properti
         schema: { reply: Type.Object({ id: Type.Integer(), name: Type.String() }) },
         handler: async () => ({ id: 1, name: 'ada', passwordHash: 'secret' })
       },
-      none: { schema: { reply: Type.Object({ id: Type.Integer() }) }, handler: async () => undefined }
+      // Types refuse this (the reply schema asks for an object); at run time it still replies null.
+      none: { schema: { reply: Type.Object({ id: Type.Integer() }) }, handler: async () => undefined as any }
     })
   })
   const client = await inject(t, app)

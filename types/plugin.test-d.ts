@@ -14,7 +14,7 @@ await app.register(drizzle, { slowConsumer: 'ignore' })
 
 const Todo = Type.Object({ id: Type.Integer(), title: Type.String() })
 
-const todos = app.drizzle.resource('todos', {
+export const todos = app.drizzle.resource('todos', {
   async list (message, ctx) {
     expectTypeOf(message.resource).toEqualTypeOf<string>()
     expectTypeOf(message.request_id).toEqualTypeOf<string | number>()
@@ -44,8 +44,8 @@ action({
   handler: () => ({ id: 'x', title: 1 })
 })
 
-const rooms = app.drizzle.topic('rooms/:id', { authorize: (ctx, params) => ctx.request.headers.authorization !== undefined && params.id !== 'x' })
-const news = app.drizzle.topic<'news', { headline: string }>('news')
+export const rooms = app.drizzle.topic('rooms/:id', { authorize: (ctx, params) => ctx.request.headers.authorization !== undefined && params.id !== 'x' })
+export const news = app.drizzle.topic<'news', { headline: string }>('news')
 
 type Api = InferApi<typeof todos | typeof rooms | typeof news>
 expectTypeOf<Api['resources']['todos']['list']['reply']>().toEqualTypeOf<Array<{ id: number, title: string }>>()

@@ -4,6 +4,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import Type from 'typebox'
 import drizzle, { action, type Broker, type InferApi } from '../lib/index.js'
+import { registerStatic } from './static.js'
 
 const Todo = Type.Object({ id: Type.Integer(), title: Type.String(), done: Type.Boolean() })
 const NewTodo = Type.Object({ title: Type.String({ minLength: 1, maxLength: 200 }) })
@@ -17,6 +18,7 @@ export async function buildApp (options: ExampleOptions = {}): Promise<{ app: Fa
   const app = Fastify({ logger: options.logger ?? true })
   await app.register(drizzle, { broker: options.broker })
   const api = declare(app)
+  registerStatic(app) // the browser page: GET / (open http://127.0.0.1:3000 after `npm run build`)
   return { app, api }
 }
 

@@ -129,7 +129,7 @@ export interface InferApi<T extends DrizzleResource<string, any> | DrizzleTopic<
     }
   }
   topics: {
-    [Tp in Extract<T, DrizzleTopic<string, any>> as TopicString<Tp['pattern']>]: NonNullable<Tp['~data']>
+    [Tp in Extract<T, DrizzleTopic<string, any>> as TopicString<Tp['pattern']>]: Tp extends DrizzleTopic<string, infer D> ? D : unknown
   }
 }
 

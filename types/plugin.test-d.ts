@@ -70,3 +70,7 @@ expectTypeOf(app.drizzle.publish('todos', { id: 1 })).toEqualTypeOf<Promise<void
 expectTypeOf(app.drizzle.publish(['a', 'b'], null, { event: 'created' })).toEqualTypeOf<Promise<void>>()
 // @ts-expect-error event must be a string
 app.drizzle.publish('a', 1, { event: 1 })
+
+// A topic declared without a data type carries unknown data, not {}.
+type Untyped = InferApi<typeof rooms>
+expectTypeOf<Untyped['topics'][`rooms/${string}`]>().toEqualTypeOf<unknown>()

@@ -1,0 +1,61 @@
+// The example page: performs todos.create through fastify-drizzle/client and shows every todo
+// published on the "todos" topic, whoever created it (this page, another tab, a REST call, a job).
+import { DrizzleClient } from '/client.js'
+
+const $ = id => document.getElementById(id)
+const list = $('todos')
+const status = $('status')
+const errorLine = $('error')
+const shown = new Set()
+
+const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:'
+const client = new DrizzleClient(`${scheme}//${window.location.host}/ws`)
+// Exposed for debugging in the console (and for the browser test).
+window.drizzle = client
+
+function showTodo (todo, fresh) {
+  if (shown.has(todo.id)) return
+  shown.add(todo.id)
+  const item = document.createElement('li')
+  item.textContent = todo.title
+  item.dataset.id = String(todo.id)
+  if (fresh) item.className = 'new'
+  list.append(item)
+}
+
+function setStatus (state, text) {
+  status.dataset.state = state
+  status.textContent = text
+}
+
+// Live updates. The subscription is renewed by the client after every reconnect.
+client.subscribe('todos', todo => showTodo(todo, true)).ready.catch(err => {
+  errorLine.textContent = `Could not subscribe to todos: ${err.message}`
+})
+
+// Publications missed while disconnected are not replayed (pub/sub is at-most-once): reload the list
+// on every open, the first one included.
+client.on('open', () => {
+  setStatus('open', 'connected')
+  client.request('todos', 'list').then(todos => { for (const todo of todos) showTodo(todo, false) }, showError)
+})
+client.on('close', () => setStatus('closed', 'disconnected'))
+client.on('reconnect', ({ delay }) => setStatus('reconnecting', `reconnecting in ${Math.round(delay)} ms…`))
+client.on('error', err => console.warn('drizzle:', err.type, err.message))
+
+$('new-todo').addEventListener('submit', async event => {
+  event.preventDefault()
+  const input = $('title')
+  errorLine.textContent = ''
+  try {
+    // The reply is the created todo; the list is fed by the topic, so nothing to add here.
+    await client.request('todos', 'create', { title: input.value }, { timeout: 5000 })
+    input.value = ''
+  } catch (err) {
+    showError(err)
+  }
+})
+
+function showError (err) {
+  errorLine.textContent = err.type === 'server' ? `${err.code}: ${err.message}` : `Request failed (${err.type ?? 'error'}): ${err.message}`
+}

@@ -2,22 +2,32 @@ import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest 
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
+import { addAsyncApiRoute } from './asyncapi.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { resolveOptions, type DrizzleOptions, type ResolvedOptions } from './options.js'
 import { Runtime } from './runtime.js'
 import { scopeGetter } from './scope.js'
 
 const GOING_AWAY = 1001
+const TRY_AGAIN_LATER = 1013
 
 async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): Promise<void> {
   const options = resolveOptions(input)
   if (fastify.hasDecorator('drizzle')) throw new AlreadyRegisteredError()
   const rt = new Runtime(fastify, options, fastify.log)
 
-  if (!fastify.hasDecorator('websocketServer')) {
+  // @fastify/websocket's default preClose closes every client at once, without a code, before our
+  // own hook can let actions in flight reply: when we register it, our shutdown replaces it.
+  const ownsWebsocket = !fastify.hasDecorator('websocketServer')
+  if (ownsWebsocket) {
     // closeTimeout bounds how long a peer that never answers a close can hold its socket (NOTES.md).
     const wsOptions = { maxPayload: options.maxPayload, closeTimeout: 1000, perMessageDeflate: false, ...options.websocket }
-    await fastify.register(websocket, { options: wsOptions as NonNullable<Parameters<typeof websocket>[1]['options']> })
+    await fastify.register(websocket, {
+      options: wsOptions as NonNullable<Parameters<typeof websocket>[1]['options']>,
+      preClose: function (this: FastifyInstance, done: (err?: Error) => void) { shutdown(rt).then(() => done(), done) }
+    })
+  } else {
+    warnIfLargerPayload(fastify, options)
   }
   fastify.decorate('drizzle', { getter: scopeGetter(rt) })
 
@@ -29,8 +39,16 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
     handler: (_request, reply) => {
       reply.code(426).header('upgrade', 'websocket').send({ statusCode: 426, code: 'UPGRADE_REQUIRED', error: 'Upgrade Required', message: 'This route accepts WebSocket connections only' })
     },
-    wsHandler: (socket: WebSocket, request: FastifyRequest) => rt.open(socket, request)
+    wsHandler: (socket: WebSocket, request: FastifyRequest) => {
+      // guardUpgrade runs at onRequest, before the app's preValidation/preHandler hooks: upgrades that
+      // passed it together while an async hook (auth) ran would overshoot maxConnections, and one that
+      // completes after shutdown began would be missed by it. Both are checked again now.
+      if (rt.closing) socket.close(GOING_AWAY, 'Server shutting down')
+      else if (rt.connections.size >= rt.options.maxConnections) socket.close(TRY_AGAIN_LATER, 'Connection limit reached')
+      else rt.open(socket, request)
+    }
   })
+  addAsyncApiRoute(rt, fastify)
 
   fastify.addHook('onReady', async () => {
     rt.ready()
@@ -38,7 +56,8 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
     await rt.broker.subscribe('__all__')
     startHeartbeat(rt)
   })
-  fastify.addHook('preClose', async function (this: FastifyInstance) { await shutdown(rt) })
+  // An app that registered @fastify/websocket itself keeps its preClose, which runs before this one.
+  if (!ownsWebsocket) fastify.addHook('preClose', async function (this: FastifyInstance) { await shutdown(rt) })
   fastify.addHook('onClose', async () => {
     if (options.closeBroker) await rt.broker.close()
   })
@@ -68,11 +87,27 @@ function originAllowed (allowed: ResolvedOptions['allowedOrigins'], origin: stri
   if (typeof allowed === 'function') return allowed(origin, request) === true
   if (allowed !== undefined) return allowed.includes(origin)
   // Default: same origin only. A browser always sends Origin; comparing its host with Host stops
-  // cross-site WebSocket hijacking while non-browser clients (no Origin) connect freely.
+  // cross-site WebSocket hijacking while non-browser clients (no Origin) connect freely. Both go
+  // through URL, which lowercases hosts and drops default ports ("EXAMPLE.com:443" is https://example.com).
+  const host = request.headers.host
+  if (host === undefined) return false
   try {
-    return new URL(origin).host === request.headers.host
+    const from = new URL(origin)
+    return from.host === new URL(`${from.protocol}//${host}`).host
   } catch {
     return false
+  }
+}
+
+/**
+ * ws enforces the frame limit of the server it was created with: when the app registered
+ * @fastify/websocket itself, our maxPayload cannot apply, so say so instead of failing silently.
+ */
+function warnIfLargerPayload (fastify: FastifyInstance, options: ResolvedOptions): void {
+  const limit = (fastify.websocketServer as { options?: { maxPayload?: number } }).options?.maxPayload
+  if (typeof limit === 'number' && (limit === 0 || limit > options.maxPayload)) {
+    fastify.log.warn({ maxPayload: options.maxPayload, websocketMaxPayload: limit },
+      'fastify-drizzle: @fastify/websocket was registered by the app, so its ws maxPayload applies instead of the plugin\'s; pass options.maxPayload to it')
   }
 }
 

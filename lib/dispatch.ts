@@ -16,6 +16,8 @@ export function handleFrame (rt: Runtime, conn: Connection, raw: Buffer | ArrayB
   // A connection being closed (slow consumer) can no longer be answered: its backlog of frames is
   // neither parsed nor run.
   if (conn.closed) return
+  // Every frame counts toward the rate, garbage included: parsing and answering it costs too.
+  if (!countFrame(rt, conn)) return
   const parsed = parseFrame(raw, isBinary, rt.parseOptions)
   if (parsed instanceof FrameError) {
     conn.log.debug({ err: parsed.reason }, 'frame rejected')
@@ -53,18 +55,35 @@ function sendReply (rt: Runtime, conn: Connection, frame: string): void {
   conn.write(frame)
 }
 
+/**
+ * Counts a frame in the connection's rate window. Past the limit requests are refused (admit); a
+ * peer that sends twice the limit in one window is flooding, and answering each frame with an error
+ * would still cost a parse and a reply: it is closed with 1008 instead. Returns false once closed.
+ */
+function countFrame (rt: Runtime, conn: Connection): boolean {
+  const rate = rt.options.rateLimit
+  if (rate === false) return true
+  const now = performance.now()
+  if (now - conn.windowStart >= rate.timeWindow) {
+    conn.windowStart = now
+    conn.windowCount = 0
+  }
+  if (++conn.windowCount <= 2 * rate.max) return true
+  conn.log.warn({ connection: conn.id, frames: conn.windowCount, timeWindow: rate.timeWindow }, 'connection flooding past twice its rate limit; closing')
+  conn.close(POLICY_VIOLATION, 'Rate limit exceeded')
+  conn.closed = true
+  return false
+}
+
+const POLICY_VIOLATION = 1008
+
 /** Applies shutdown and the per-connection rate and in-flight limits; returns the error to send when refused. */
 function admit (rt: Runtime, conn: Connection): Error | undefined {
   // New work during shutdown would keep extending the grace period that in-flight actions get.
   if (rt.closing) return new ShuttingDownError()
   const rate = rt.options.rateLimit
-  if (rate !== false) {
-    const now = performance.now()
-    if (now - conn.windowStart >= rate.timeWindow) {
-      conn.windowStart = now
-      conn.windowCount = 0
-    }
-    if (++conn.windowCount > rate.max) return new TooManyRequestsError(`Rate limit of ${rate.max} requests per ${rate.timeWindow} ms exceeded`)
+  if (rate !== false && conn.windowCount > rate.max) {
+    return new TooManyRequestsError(`Rate limit of ${rate.max} requests per ${rate.timeWindow} ms exceeded`)
   }
   if (conn.inFlight >= rt.options.maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${rt.options.maxInFlight})`)
   return undefined
@@ -84,23 +103,31 @@ async function dispatch (rt: Runtime, conn: Connection, action: CompiledAction, 
   const ctx = new ActionContext(rt, conn, action.resource, action.action, message.request_id, action.scope)
   conn.inFlight++
   rt.inFlight++
+  const timeout = action.timeout ?? rt.options.actionTimeout
+  const pending = execute(action, message, ctx)
   let frame: string
+  let timedOut = false
   try {
-    const timeout = action.timeout ?? rt.options.actionTimeout
-    const data = timeout > 0 ? await withTimeout(execute(action, message, ctx), timeout) : await execute(action, message, ctx)
-    frame = encodeReply(data, message.request_id)
+    frame = encodeReply(timeout > 0 ? await withTimeout(pending, timeout) : await pending, message.request_id)
   } catch (err) {
+    timedOut = err instanceof ActionTimeoutError
     frame = await errorFrame(action, message, ctx, err)
-  } finally {
-    conn.inFlight--
-    rt.inFlight--
   }
   sendReply(rt, conn, frame)
-  rt.actionSettled()
+  // A timed-out handler is still running: it keeps its in-flight slot until it really ends, so
+  // handlers that hang count against maxInFlight instead of piling up unseen.
+  if (timedOut) pending.then(() => release(rt, conn), () => release(rt, conn))
+  else release(rt, conn)
   if (!rt.options.disableActionLogging) {
     conn.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - start }, 'action completed')
   }
   if (action.hooks.onResponse.length > 0) await runSafeHooks(action.hooks.onResponse, ctx.log, 'onResponse', message, ctx)
+}
+
+function release (rt: Runtime, conn: Connection): void {
+  conn.inFlight--
+  rt.inFlight--
+  rt.actionSettled()
 }
 
 /** Hooks, validation, handler, onSend, serialization: resolves to the serialized data. Also the HTTP path (http.ts). */

@@ -148,8 +148,15 @@ export interface WireError {
 
 export function encodeError (id: RequestIdValue | null, error: WireError): string {
   const frame: Record<string, unknown> = { request_id: id, code: error.code, error: error.message, statusCode: error.statusCode }
-  if (error.details !== undefined) frame.details = error.details
-  return JSON.stringify(frame)
+  if (error.details === undefined) return JSON.stringify(frame)
+  frame.details = error.details
+  try {
+    return JSON.stringify(frame)
+  } catch {
+    // details an app attached (cyclic, BigInt...) must not cost the client its answer.
+    delete frame.details
+    return JSON.stringify(frame)
+  }
 }
 
 export function encodePublication (topic: string, data: unknown, event: string | undefined): string {

@@ -439,7 +439,8 @@ describe('maxBufferedBytes and slowConsumer', () => {
   test('replies are never dropped: a peer that does not read them is closed with 1013 past 2 x maxBufferedBytes', async (t) => {
     // Regression: replies were written whatever the peer's backlog, so a client sending tiny invalid
     // frames without reading the ~100-byte errors made the server buffer them without bound.
-    const app = await build(t, { maxBufferedBytes: 16 * 1024, slowConsumer: 'drop' }, resources)
+    // rateLimit off: a flood this fast is otherwise closed with 1008 first (tested below).
+    const app = await build(t, { maxBufferedBytes: 16 * 1024, slowConsumer: 'drop', rateLimit: false }, resources)
     const url = await listen(app)
     const client = await connect(t, url)
     ;(client.ws as unknown as { _socket: { pause (): void } })._socket.pause()
@@ -466,7 +467,9 @@ describe('maxBufferedBytes and slowConsumer', () => {
   })
 
   test('black-box: a peer flooding 1,000,000 tiny frames without reading replies grows the server\'s RSS by < 120 MB', { timeout: 60_000 }, async (t) => {
-    const server = await ChildServer.start({})
+    // rateLimit off, so that the reply-buffer bound is what stops it (with the default, the flood
+    // protection closes the peer with 1008 far earlier).
+    const server = await ChildServer.start({ rateLimit: false })
     t.after(() => server.kill())
     const client = await connect(t, server.url)
     client.ws.on('error', () => {})
@@ -483,6 +486,27 @@ describe('maxBufferedBytes and slowConsumer', () => {
     assert.equal(figures.connections, 0, 'the peer was closed')
     assert.ok(growth < 120 * MiB, `RSS grew by ${(growth / MiB).toFixed(1)} MiB`)
     assert.match(server.stderr, /slow consumer closed: replies not read/)
+  })
+
+  test('a timed-out handler keeps its in-flight slot until it really ends', async (t) => {
+    const app = await build(t, { maxInFlight: 2, actionTimeout: 50 }, resources)
+    const client = await inject(t, app)
+    const [a, b] = await Promise.all([client.request('slow', 'wait', { ms: 400 }), client.request('slow', 'wait', { ms: 400 })])
+    assert.deepEqual([a.code, b.code], ['ACTION_TIMEOUT', 'ACTION_TIMEOUT'])
+    assert.equal((await client.request('echo', 'get', { n: 1 })).code, 'TOO_MANY_REQUESTS', 'both hung handlers still hold their slot')
+    await sleep(450)
+    assert.deepEqual((await client.request('echo', 'get', { n: 2 })).data, { n: 2 }, 'the slots are free once the handlers ended')
+  })
+
+  test('a peer sending more than twice its rate limit in one window is closed with 1008, garbage included', async (t) => {
+    const app = await build(t, { rateLimit: { max: 50, timeWindow: 60_000 } }, resources)
+    const client = await connect(t, await listen(app))
+    for (let i = 0; i < 60; i++) client.send({ resource: 'echo', action: 'get', request_id: i })
+    for (let i = 0; i < 60; i++) client.send('not json')
+    assert.equal(await client.closed, 1008)
+    const replies = client.frames.filter(f => typeof f.request_id === 'number')
+    assert.equal(replies.filter(f => f.code === 'TOO_MANY_REQUESTS').length, 10, 'requests 51 to 60 are refused')
+    assert.ok(client.frames.filter(f => f.code === 'VALIDATION_ERROR').length <= 40, 'garbage counts toward the rate')
   })
 
   test('control: without the policy (1 GB allowed) the same flood does buffer ~200 MB', { timeout: 60_000 }, async (t) => {

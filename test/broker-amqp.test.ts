@@ -16,12 +16,12 @@ import {
   privateRabbit,
   rabbitSkipReason,
   rawPublish,
-  recordingLogger,
   uniqueExchange,
   waitFor
 } from './helpers/rabbit.js'
 import type { FakeSink } from './helpers/rabbit.js'
 import { python, pythonMissing } from './helpers/python.js'
+import { recordingLogger } from './helpers/logger.js'
 
 const skip = await rabbitSkipReason()
 const WORKER = fileURLToPath(new URL('./fixtures/amqp-worker.ts', import.meta.url))

@@ -4,11 +4,11 @@ import { spawn, execFile } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
-import type { FastifyBaseLogger } from 'fastify'
 import { Redis } from 'ioredis'
 import { redisBroker, type RedisBrokerOptions } from '../lib/brokers/redis.js'
 import { canReach, freePort, hasCommand, killServer, sleep, startRedisServer, waitFor } from './helpers/redis.js'
 import type { Broker, BrokerSink } from '../lib/brokers/types.js'
+import { recordingLogger, type LogEntry } from './helpers/logger.js'
 
 // Every test talks to 127.0.0.1 only: the shared Redis on 6379, or a redis-server it starts itself.
 const REDIS_URL = 'redis://127.0.0.1:6379'
@@ -37,7 +37,6 @@ if (!redisUp && process.env.CI) {
 // Helpers
 
 interface Delivery { topic: string, data: unknown, event: string | undefined }
-interface LogEntry { level: string, obj: Record<string, unknown>, msg: string | undefined }
 
 interface Recorder {
   sink: BrokerSink
@@ -56,24 +55,6 @@ function recorder (deliver?: (delivery: Delivery) => void): Recorder {
     log: recordingLogger(logs)
   }
   return { sink, deliveries, logs }
-}
-
-function recordingLogger (logs: LogEntry[]): FastifyBaseLogger {
-  const record = (level: string) => (obj: unknown, msg?: string): void => {
-    logs.push({ level, obj: isRecord(obj) ? obj : { value: obj }, msg })
-  }
-  const logger: FastifyBaseLogger = {
-    level: 'trace',
-    fatal: record('fatal'),
-    error: record('error'),
-    warn: record('warn'),
-    info: record('info'),
-    debug: record('debug'),
-    trace: record('trace'),
-    silent: () => {},
-    child: () => logger
-  }
-  return logger
 }
 
 function isRecord (value: unknown): value is Record<string, unknown> {

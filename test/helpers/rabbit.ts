@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import amqplib from 'amqplib'
-import type { FastifyBaseLogger } from 'fastify'
 import type { BrokerSink } from '../../lib/brokers/types.js'
+import { recordingLogger, type LogEntry } from './logger.js'
 
 const run = promisify(execFile)
 
@@ -68,26 +68,7 @@ export async function rawPublish (exchange: string, topic: string, body: string 
   }
 }
 
-export interface LogEntry { level: string, obj: unknown, msg: string | undefined }
 export interface Delivery { topic: string, data: unknown, event: string | undefined }
-
-/** A logger that records what it is given; enough of FastifyBaseLogger for the brokers. */
-export function recordingLogger (entries: LogEntry[] = []): FastifyBaseLogger & { entries: LogEntry[] } {
-  const record = (level: string) => (obj: unknown, msg?: string) => { entries.push({ level, obj, msg }) }
-  const logger = {
-    entries,
-    level: 'debug',
-    fatal: record('fatal'),
-    error: record('error'),
-    warn: record('warn'),
-    info: record('info'),
-    debug: record('debug'),
-    trace: record('trace'),
-    silent: () => {},
-    child: () => logger
-  }
-  return logger as unknown as FastifyBaseLogger & { entries: LogEntry[] }
-}
 
 export interface FakeSink extends BrokerSink {
   deliveries: Delivery[]

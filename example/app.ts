@@ -16,7 +16,7 @@ export interface ExampleOptions {
 
 export async function buildApp (options: ExampleOptions = {}): Promise<{ app: FastifyInstance, api: ReturnType<typeof declare> }> {
   const app = Fastify({ logger: options.logger ?? true })
-  await app.register(drizzle, { broker: options.broker })
+  await app.register(drizzle, { broker: options.broker, allowedOrigins: localOrigins })
   const api = declare(app)
   registerStatic(app) // the browser page: GET / (open http://127.0.0.1:3000 after `npm run build`)
   return { app, api }
@@ -57,6 +57,22 @@ function declare (app: FastifyInstance) {
 }
 
 export type ExampleApi = InferApi<ReturnType<typeof declare>[keyof ReturnType<typeof declare>]>
+
+/**
+ * The plugin lets only same-origin browsers in by default. For local development the example also
+ * accepts pages served from any port of this machine (a dev server, a test page); ALLOWED_ORIGINS
+ * (comma-separated, or *) replaces that.
+ */
+function localOrigins (origin: string, request: { headers: Record<string, string | string[] | undefined> }): boolean {
+  const allowed = process.env.ALLOWED_ORIGINS
+  if (allowed !== undefined) return allowed === '*' || allowed.split(',').includes(origin)
+  try {
+    const { hostname, host } = new URL(origin)
+    return ['localhost', '127.0.0.1', '[::1]'].includes(hostname) || host === request.headers.host
+  } catch {
+    return false
+  }
+}
 
 async function brokerFromEnv (): Promise<Broker | undefined> {
   if (process.env.DRIZZLE_BROKER === 'redis') {

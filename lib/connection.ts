@@ -23,6 +23,23 @@ export interface DrizzleConnection {
 
 const OPEN = 1
 
+/**
+ * Write coalescing. Frames written to a socket during one turn of the event loop (the replies to a
+ * batch of requests read together, the publications of a broker burst) are corked and leave in one
+ * writev when the turn's work is done (process.nextTick runs after the microtasks that send replies),
+ * instead of one system call per frame. The bytes on the wire are the same. A socket with
+ * CORK_LIMIT bytes corked is flushed at once, so corking never holds more than that.
+ */
+const CORK_LIMIT = 64 * 1024
+const corked: Connection[] = []
+
+function uncorkAll (): void {
+  for (const conn of corked) conn.uncork()
+  corked.length = 0
+}
+
+interface RawSocket { cork (): void, uncork (): void, writableLength: number, destroyed: boolean }
+
 export class Connection implements DrizzleConnection {
   readonly id = randomUUID()
   readonly store: DrizzleConnectionStore = Object.create(null)
@@ -40,11 +57,32 @@ export class Connection implements DrizzleConnection {
     this.log = request.log
   }
 
+  /** The TCP socket under the WebSocket while it is corked by write(). */
+  private corkedSocket: RawSocket | undefined
+
   /** Writes a frame if the socket is still open; a closed socket is never written to. */
   write (frame: string): boolean {
     if (this.closed || this.socket.readyState !== OPEN) return false
+    let raw = this.corkedSocket
+    if (raw === undefined) {
+      raw = (this.socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
+      if (raw !== undefined && !raw.destroyed) {
+        raw.cork()
+        this.corkedSocket = raw
+        if (corked.push(this) === 1) process.nextTick(uncorkAll)
+      }
+    }
     this.socket.send(frame)
+    if (raw !== undefined && raw.writableLength >= CORK_LIMIT) this.uncork()
     return true
+  }
+
+  /** Flushes what write() corked (once per turn, or early at CORK_LIMIT bytes). */
+  uncork (): void {
+    const raw = this.corkedSocket
+    if (raw === undefined) return
+    this.corkedSocket = undefined
+    raw.uncork()
   }
 
   send (topic: string, data: unknown, event?: string): boolean {

@@ -1,0 +1,399 @@
+// Benchmark orchestrator: `node bench/run.js [--quick] [--only=rt,fanout,memory,redis] [--reps=N]
+// [--impls=drizzle,bare,socketio,nes] [--rt=1x100,100x1] [--profile=<impl>] [--no-build] [--no-write]`.
+//
+// Servers, load generators and the Redis publisher are child processes (IPC for control, 127.0.0.1
+// for traffic). Every scenario runs its implementations interleaved (A B C D, B C D A, ...) `reps`
+// times, so a noisy machine slows all of them alike; ratios are paired per repetition.
+import { spawn, execFileSync } from 'node:child_process'
+import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { now } from './common.js'
+import { report } from './report.js'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+export const BUILD = join(root, 'node_modules', '.cache', 'fastify-drizzle-bench')
+const argv = process.argv.slice(2)
+const flag = (name) => argv.includes(`--${name}`)
+const value = (name, fallback) => argv.find(a => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback
+
+const QUICK = flag('quick')
+const ONLY = value('only', 'rt,fanout,memory,redis').split(',')
+const REPS = Number(value('reps', 3))
+const PROFILE = value('profile', '')
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+const IMPLS = value('impls', 'drizzle,bare,socketio,nes').split(',')
+const RT_MODES = value('rt', '1x100,100x1').split(',')
+
+// Sizes: full run under 5 minutes on 2 cores, --quick under a minute.
+const P = QUICK
+  ? { warmMs: 200, measureMs: 400, fanSizes: [500], fanPaced: { 500: 3 }, fanBurst: { 500: 10 }, memConns: 500, redisConns: 100, redisPaced: 5, redisBurst: 20 }
+  : { warmMs: 500, measureMs: 1500, fanSizes: [1000, 10000], fanPaced: { 1000: 10, 10000: 5 }, fanBurst: { 1000: 50, 10000: 10 }, memConns: 5000, redisConns: 1000, redisPaced: 20, redisBurst: 100 }
+
+// ---- children -----------------------------------------------------------------------------------
+
+const children = new Set()
+
+function killAll () {
+  for (const child of children) {
+    try { child.kill('SIGKILL') } catch { /* already gone */ }
+  }
+  children.clear()
+}
+process.on('exit', killAll)
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => { killAll(); process.exit(130) })
+process.on('uncaughtException', (err) => { console.error(err); killAll(); process.exit(1) })
+process.on('unhandledRejection', (err) => { console.error(err); killAll(); process.exit(1) })
+
+/**
+ * Starts `node <nodeArgs> <script> <args>` through bash so that the soft file-descriptor limit is
+ * raised to the hard one (10,000 sockets need the headroom); IPC survives the exec.
+ */
+function start (script, args, nodeArgs = []) {
+  const child = spawn('bash', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'bash', process.execPath, ...nodeArgs, join(root, 'bench', script), ...args], {
+    cwd: root,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+  })
+  children.add(child)
+  let nextId = 0
+  const waiting = new Map()
+  let readyResolve, readyReject
+  const ready = new Promise((resolve, reject) => { readyResolve = resolve; readyReject = reject })
+  child.on('message', (msg) => {
+    if (msg.ready) { readyResolve(msg); return }
+    const w = waiting.get(msg.re)
+    if (w === undefined) return
+    waiting.delete(msg.re)
+    clearTimeout(w.timer)
+    if (msg.error !== undefined) w.reject(new Error(`${script} ${args[0] ?? ''}: ${msg.error}`))
+    else w.resolve(msg.result)
+  })
+  child.on('exit', (code, signal) => {
+    children.delete(child)
+    const err = new Error(`${script} ${args[0] ?? ''} exited (${code ?? signal})`)
+    readyReject(err)
+    for (const w of waiting.values()) { clearTimeout(w.timer); w.reject(err) }
+    waiting.clear()
+  })
+  const handle = {
+    child,
+    ready: withTimeout(ready, 20000, `${script} ${args[0] ?? ''} did not start`),
+    rpc (cmd, payload = {}, timeoutMs = 60000) {
+      const id = ++nextId
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => { waiting.delete(id); reject(new Error(`${script} ${args[0] ?? ''}: ${cmd} timed out`)) }, timeoutMs)
+        waiting.set(id, { resolve, reject, timer })
+        child.send({ id, cmd, ...payload })
+      })
+    },
+    async stop () {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise(resolve => child.once('exit', resolve))
+      handle.rpc('exit', {}, 5000).catch(() => {})
+      await withTimeout(exited, 5000, 'exit').catch(() => child.kill('SIGKILL'))
+    }
+  }
+  return handle
+}
+
+function withTimeout (promise, ms, what) {
+  let timer
+  return Promise.race([promise, new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} (after ${ms} ms)`)), ms) })])
+    .finally(() => clearTimeout(timer))
+}
+
+async function startServer (impl, options = {}) {
+  const nodeArgs = ['--expose-gc']
+  if (PROFILE === impl) nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${join(root, 'bench', 'profiles')}`)
+  const server = start('server.js', [impl, JSON.stringify(options)], nodeArgs)
+  const info = await server.ready
+  server.port = info.port
+  return server
+}
+
+async function startServers () {
+  const started = await Promise.all(IMPLS.map(impl => startServer(impl)))
+  return Object.fromEntries(IMPLS.map((impl, i) => [impl, started[i]]))
+}
+
+const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms))
+const rotate = (list, n) => list.map((_, i) => list[(i + n) % list.length])
+const cpuUs = (a, b) => (b.user - a.user) + (b.system - a.system)
+
+// ---- results ------------------------------------------------------------------------------------
+
+const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+mkdirSync(join(root, 'bench', 'results'), { recursive: true })
+const resultsFile = join(root, 'bench', 'results', `${stamp}${QUICK ? '-quick' : ''}.jsonl`)
+const records = []
+
+function record (rec) {
+  const line = { ts: new Date().toISOString(), ...rec }
+  records.push(line)
+  const text = JSON.stringify(line)
+  console.log(text)
+  appendFileSync(resultsFile, text + '\n')
+}
+
+// ---- scenarios ----------------------------------------------------------------------------------
+
+/** (a) Round trips of a ~100-byte JSON request. */
+async function roundTrips (lg) {
+  const servers = await startServers()
+  const modes = [{ name: 'rt-1x100', conns: 1, inflight: 100 }, { name: 'rt-100x1', conns: 100, inflight: 1 }]
+  for (const mode of modes.filter(m => RT_MODES.includes(m.name.slice(3)))) {
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const impl of rotate(IMPLS, rep)) {
+        const server = servers[impl]
+        const opened = await lg.rpc('connect', { impl, port: server.port, count: mode.conns })
+        if (opened.opened !== mode.conns) throw new Error(`${impl}: opened ${opened.opened}/${mode.conns}`)
+        await lg.rpc('start', { inflight: mode.inflight })
+        await sleep(P.warmMs)
+        const [cpu0] = await Promise.all([server.rpc('cpu'), lg.rpc('mark')])
+        await sleep(P.measureMs)
+        const [res, cpu1] = await Promise.all([lg.rpc('stop'), server.rpc('cpu')])
+        await lg.rpc('close')
+        record({
+          scenario: mode.name,
+          impl,
+          rep,
+          reqPerSec: res.perSec,
+          p50Ms: res.p50,
+          p99Ms: res.p99,
+          cpuUsPerReq: cpuUs(cpu0, cpu1) / res.count,
+          requests: res.count,
+          errors: res.errors,
+          ...(res.errors > 0 ? { lastError: res.lastError } : {})
+        })
+      }
+    }
+  }
+  await Promise.all(Object.values(servers).map(s => s.stop()))
+}
+
+/** Counts what the load generators received; deliveries per publication, loss, when each was complete. */
+function tally (collected, times) {
+  const count = times.length
+  let total = 0
+  let expected = 0
+  const allReceived = []
+  let last = 0
+  let lost = 0
+  const sockets = collected.reduce((n, c) => n + c.sockets, 0)
+  for (const c of collected) { total += c.total; expected += c.expected }
+  for (let seq = 0; seq < count; seq++) {
+    let got = 0
+    let at = 0
+    for (const c of collected) { got += c.perSeq[seq]; at = Math.max(at, c.last[seq]) }
+    if (got < sockets) lost += sockets - got
+    allReceived.push(at - times[seq])
+    last = Math.max(last, at)
+  }
+  return { total, expected, lost, allReceived: allReceived.sort((a, b) => a - b), last }
+}
+
+/** Connects `count` sockets split over the load generators (to one server or one each) and subscribes them. */
+async function connectAll (lgs, impl, ports, count) {
+  const share = Math.ceil(count / lgs.length)
+  const res = await Promise.all(lgs.map((lg, i) => lg.rpc('connect', { impl, port: ports[i % ports.length], count: Math.min(share, count - i * share) }, 120000)))
+  const opened = res.reduce((n, r) => n + r.opened, 0)
+  if (opened !== count) throw new Error(`${impl}: opened ${opened}/${count} sockets`)
+  return res
+}
+
+async function subscribeAll (lgs, impl) {
+  const res = await Promise.all(lgs.map(lg => lg.rpc('subscribe', {}, 120000)))
+  for (const r of res) if (r.errors > 0) throw new Error(`${impl}: ${r.errors} subscriptions refused: ${r.lastError}`)
+}
+
+/** Publishes `count` publications from `publisher` and waits for the load generators to get them all. */
+async function publishAndCollect (lgs, publisher, count, intervalMs, servers) {
+  await Promise.all(lgs.map(lg => lg.rpc('expect', { count })))
+  const cpu0 = await Promise.all(servers.map(s => s.rpc('cpu')))
+  const pub = await publisher.rpc('publish', { count, intervalMs }, 120000)
+  const collected = await Promise.all(lgs.map(lg => lg.rpc('collect', { timeoutMs: 20000 }, 60000)))
+  const cpu1 = await Promise.all(servers.map(s => s.rpc('cpu')))
+  const t = tally(collected, pub.times)
+  // CPU over [first publish, all received] (the cpu probe answers only once the server is idle again).
+  t.cpuUs = servers.reduce((n, _, i) => n + cpuUs(cpu0[i], cpu1[i]), 0)
+  t.first = pub.times[0]
+  return t
+}
+
+/** (b) Fan-out: one process publishes to `size` subscribed sockets. */
+async function fanOut (lgs) {
+  const servers = await startServers()
+  for (const size of P.fanSizes) {
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const impl of rotate(IMPLS, rep)) {
+        const server = servers[impl]
+        const conn = await connectAll(lgs, impl, [server.port], size)
+        await subscribeAll(lgs, impl)
+        await publishAndCollect(lgs, server, P.fanPaced[size], 0, [server]) // warm-up, not recorded
+        // Single publications, spaced: how long until every socket has one.
+        const paced = await publishAndCollect(lgs, server, P.fanPaced[size], size >= 10000 ? 150 : size >= 1000 ? 40 : 20, [server])
+        // A burst: deliveries per second and server CPU per delivery.
+        const burst = await publishAndCollect(lgs, server, P.fanBurst[size], 0, [server])
+        await Promise.all(lgs.map(lg => lg.rpc('close')))
+        const deliveries = size * P.fanBurst[size]
+        record({
+          scenario: `fanout-${size}`,
+          impl,
+          rep,
+          deliveriesPerSec: burst.lost === 0 ? deliveries / (burst.last - burst.first) * 1000 : NaN,
+          allReceivedMs: paced.allReceived[paced.allReceived.length >> 1],
+          allReceivedMaxMs: paced.allReceived[paced.allReceived.length - 1],
+          cpuUsPerDelivery: burst.cpuUs / deliveries,
+          lost: paced.lost + burst.lost,
+          deliveries: burst.total + paced.total,
+          connectMs: Math.max(...conn.map(c => c.ms))
+        })
+      }
+    }
+  }
+  await Promise.all(Object.values(servers).map(s => s.stop()))
+}
+
+/** (c) Memory per idle connection: heap after GC and RSS, fresh server per run. */
+async function memory (lgs) {
+  const size = P.memConns
+  for (let rep = 0; rep < REPS; rep++) {
+    for (const impl of rotate(IMPLS, rep)) {
+      const server = await startServer(impl)
+      try {
+        // A first connection warms up the code paths so their one-time cost is not counted per socket.
+        await connectAll(lgs.slice(0, 1), impl, [server.port], 1)
+        await lgs[0].rpc('close')
+        await sleep(QUICK ? 100 : 200)
+        const m0 = await server.rpc('mem')
+        await connectAll(lgs, impl, [server.port], size)
+        await sleep(QUICK ? 200 : 500)
+        const m1 = await server.rpc('mem')
+        if (m1.connections !== size) throw new Error(`${impl}: server holds ${m1.connections}/${size} connections`)
+        record({
+          scenario: `memory-${size}`,
+          impl,
+          rep,
+          heapPerConn: (m1.heapUsed - m0.heapUsed) / size,
+          rssPerConn: (m1.rss - m0.rss) / size,
+          externalPerConn: (m1.external - m0.external) / size,
+          heapBase: m0.heapUsed,
+          rssBase: m0.rss
+        })
+      } finally {
+        await Promise.all(lgs.map(lg => lg.rpc('close')))
+        await server.stop()
+      }
+    }
+  }
+}
+
+/** Whether Redis answers PING at REDIS_URL within a second. */
+async function redisUp () {
+  const { Redis } = await import('ioredis')
+  const client = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1000 })
+  client.on('error', () => {})
+  try {
+    await client.connect()
+    return (await client.ping()) === 'PONG'
+  } catch {
+    return false
+  } finally {
+    client.disconnect()
+  }
+}
+
+/** (d) Cross-process: a publisher -> Redis -> two server processes -> sockets split between them. */
+async function redis (lgs) {
+  if (!await redisUp()) {
+    console.error(`bench: no Redis at ${REDIS_URL} (set REDIS_URL); skipping the cross-process scenario`)
+    return
+  }
+  const impls = IMPLS.filter(i => i !== 'nes') // @hapi/nes has no cross-process adapter
+  const size = P.redisConns
+  for (let rep = 0; rep < REPS; rep++) {
+    for (const impl of rotate(impls, rep)) {
+      const options = { redis: { url: REDIS_URL, prefix: `drizzle-bench-${process.pid}-${impl}-${rep}:` } }
+      const servers = await Promise.all([startServer(impl, options), startServer(impl, options)])
+      const publisher = start('publisher.js', [impl, JSON.stringify(options)])
+      try {
+        await publisher.ready
+        await connectAll(lgs, impl, servers.map(s => s.port), size)
+        await subscribeAll(lgs, impl)
+        await sleep(300) // SUBSCRIBE reaches Redis
+        await publishAndCollect(lgs, publisher, P.redisPaced, 0, servers) // warm-up (fresh processes), not recorded
+        const paced = await publishAndCollect(lgs, publisher, P.redisPaced, QUICK ? 10 : 25, servers)
+        const burst = await publishAndCollect(lgs, publisher, P.redisBurst, 0, servers)
+        const deliveries = size * P.redisBurst
+        record({
+          scenario: `redis-2x${size / 2}`,
+          impl,
+          rep,
+          deliveriesPerSec: burst.lost === 0 ? deliveries / (burst.last - burst.first) * 1000 : NaN,
+          allReceivedMs: paced.allReceived[paced.allReceived.length >> 1],
+          allReceivedP99Ms: paced.allReceived[Math.ceil(paced.allReceived.length * 0.99) - 1],
+          cpuUsPerDelivery: burst.cpuUs / deliveries,
+          lost: paced.lost + burst.lost,
+          deliveries: paced.total + burst.total
+        })
+      } finally {
+        await Promise.all(lgs.map(lg => lg.rpc('close')))
+        await Promise.all([...servers.map(s => s.stop()), publisher.stop()])
+      }
+    }
+  }
+}
+
+// ---- main ---------------------------------------------------------------------------------------
+
+function newestMtime (dir) {
+  let newest = 0
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(path) : statSync(path).mtimeMs)
+  }
+  return newest
+}
+
+/**
+ * Compiles lib/ with the project's tsconfig into node_modules/.cache/fastify-drizzle-bench (out of
+ * git's and eslint's way), a private copy of what
+ * `npm run build` puts in dist/esm: same compiler, same options, so the servers run the built
+ * JavaScript, and nobody else's `npm run build` (which empties dist/) can pull it away mid-run.
+ * Skipped while the copy is newer than every file in lib/.
+ */
+function build () {
+  const out = BUILD
+  const built = join(out, 'index.js')
+  if (existsSync(built) && (flag('no-build') || statSync(built).mtimeMs > newestMtime(join(root, 'lib')))) return
+  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+  rmSync(out, { recursive: true, force: true })
+  try {
+    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json', '--outDir', out, '--declaration', 'false', '--declarationMap', 'false', '--sourceMap', 'false', '--incremental', 'false'], { cwd: root, stdio: 'inherit' })
+  } catch (err) {
+    // tsc still emits on type errors (lib/ may be mid-edit); a missing output is fatal.
+    if (!existsSync(join(out, 'index.js'))) throw err
+    console.error('bench: tsc reported errors; benchmarking what it emitted')
+  }
+}
+
+async function main () {
+  const t0 = now()
+  build()
+  const lgs = [start('loadgen.js', ['a']), start('loadgen.js', ['b'])]
+  await Promise.all(lgs.map(lg => lg.ready))
+  console.error(`bench: ${QUICK ? 'quick' : 'full'} run, ${REPS} repetitions, implementations ${IMPLS.join(', ')}; results in ${resultsFile}`)
+  try {
+    if (ONLY.includes('rt')) await roundTrips(lgs[0])
+    if (ONLY.includes('fanout')) await fanOut(lgs)
+    if (ONLY.includes('memory')) await memory(lgs)
+    if (ONLY.includes('redis')) await redis(lgs)
+  } finally {
+    await Promise.all(lgs.map(lg => lg.stop()))
+    killAll()
+  }
+  const seconds = (now() - t0) / 1000
+  report(records, { quick: QUICK, seconds, resultsFile, write: !QUICK && !flag('no-write') && ONLY.length === 4 })
+}
+
+await main()

@@ -23,6 +23,13 @@ export interface DrizzleConnection {
 
 const OPEN = 1
 
+/** Whether a logger prints info lines. Fastify's disabled logger has no level and only `child`. */
+function infoEnabled (log: FastifyBaseLogger): boolean {
+  const withLevels = log as FastifyBaseLogger & { isLevelEnabled?: (level: string) => boolean }
+  if (typeof withLevels.isLevelEnabled === 'function') return withLevels.isLevelEnabled('info')
+  return log.level !== undefined || Object.keys(log).some(key => key !== 'child')
+}
+
 /**
  * Write coalescing. Frames written to a socket during one turn of the event loop (the replies to a
  * batch of requests read together, the publications of a broker burst) are corked and leave in one
@@ -53,8 +60,12 @@ export class Connection implements DrizzleConnection {
   /** Set by the liveness check; cleared by each pong. */
   awaitingPong = false
 
-  constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly encode: (topic: string, data: unknown, event: string | undefined) => string) {
+  /** Whether this connection's "action completed" lines would be printed: if not, none is built. */
+  readonly logsActions: boolean
+
+  constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly encode: (topic: string, data: unknown, event: string | undefined) => string, logActions = true) {
     this.log = request.log
+    this.logsActions = logActions && infoEnabled(this.log)
   }
 
   /** The TCP socket under the WebSocket while it is corked by write(). */

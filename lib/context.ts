@@ -17,6 +17,22 @@ export interface ContextHost {
 export class ActionContext {
   /** Set when the reply is decided: 200 for data, the error's statusCode otherwise. */
   statusCode = 200
+  /** Set when the action ran past its time limit and was answered with ACTION_TIMEOUT. */
+  timedOut = false
+  /** @internal when the action's time limit runs out (performance.now() based). */
+  deadline = 0
+  /** @internal links of the deadline list (lib/deadlines.ts). */
+  prevDeadline: ActionContext | undefined = undefined
+  /** @internal */
+  nextDeadline: ActionContext | undefined = undefined
+  /** @internal */
+  tracked = false
+  /** @internal what the time-limit sweep needs to answer an overdue action (set by dispatch). */
+  compiled: unknown = undefined
+  /** @internal */
+  message: Envelope | undefined = undefined
+  /** @internal performance.now() when the action started. */
+  started = 0
   private childLog: FastifyBaseLogger | undefined
 
   constructor (

@@ -93,33 +93,59 @@ function admit (rt: Runtime, conn: Connection): Error | undefined {
 function reject (rt: Runtime, conn: Connection, message: Envelope, error: Error): void {
   const wire = toWireError(error)
   sendReply(rt, conn, encodeError(message.request_id, wire))
-  if (!rt.options.disableActionLogging) {
+  if (conn.logsActions) {
     conn.log.info({ resource: message.resource, action: message.action, request_id: message.request_id, statusCode: wire.statusCode, responseTime: 0 }, 'action completed')
   }
 }
 
 async function dispatch (rt: Runtime, conn: Connection, action: CompiledAction, message: Envelope): Promise<void> {
-  const start = performance.now()
   const ctx = new ActionContext(rt, conn, action.resource, action.action, message.request_id, action.scope)
+  ctx.started = performance.now()
   conn.inFlight++
   rt.inFlight++
   const timeout = action.timeout ?? rt.options.actionTimeout
-  const pending = execute(action, message, ctx)
-  let frame: string
-  let timedOut = false
+  if (timeout > 0) {
+    ctx.compiled = action
+    ctx.message = message
+    rt.deadlines.add(ctx, timeout)
+  }
+  let frame: string | undefined
   try {
-    frame = encodeReply(timeout > 0 ? await withTimeout(pending, timeout) : await pending, message.request_id)
+    frame = encodeReply(await execute(action, message, ctx), message.request_id)
   } catch (err) {
-    timedOut = err instanceof ActionTimeoutError
-    frame = await errorFrame(action, message, ctx, err)
+    // After a timeout a late failure changes nothing: the client was answered already.
+    if (!ctx.timedOut) frame = await errorFrame(action, message, ctx, err)
+  }
+  if (timeout > 0) rt.deadlines.delete(ctx)
+  // A timed-out handler kept its in-flight slot until now, so handlers that hang count against
+  // maxInFlight instead of piling up unseen; its late result is discarded.
+  if (ctx.timedOut || frame === undefined) {
+    release(rt, conn)
+    return
   }
   sendReply(rt, conn, frame)
-  // A timed-out handler is still running: it keeps its in-flight slot until it really ends, so
-  // handlers that hang count against maxInFlight instead of piling up unseen.
-  if (timedOut) pending.then(() => release(rt, conn), () => release(rt, conn))
-  else release(rt, conn)
-  if (!rt.options.disableActionLogging) {
-    conn.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - start }, 'action completed')
+  release(rt, conn)
+  await completed(conn, action, message, ctx)
+}
+
+/** The time-limit sweep found an action overdue: answer ACTION_TIMEOUT now, run onTimeout. */
+export function expire (rt: Runtime, ctx: ActionContext): void {
+  const action = ctx.compiled as CompiledAction
+  const message = ctx.message as Envelope
+  const conn = ctx.connection as Connection
+  ctx.timedOut = true
+  settleError(action, message, ctx, new ActionTimeoutError(action.timeout ?? rt.options.actionTimeout))
+    .then(wire => {
+      sendReply(rt, conn, encodeError(message.request_id, wire))
+      return completed(conn, action, message, ctx)
+    })
+    .catch(err => conn.log.error({ err }, 'action timeout handling failed'))
+}
+
+/** The "action completed" line, then onResponse hooks (whose errors are only logged). */
+async function completed (conn: Connection, action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<void> {
+  if (conn.logsActions) {
+    conn.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - ctx.started }, 'action completed')
   }
   if (action.hooks.onResponse.length > 0) await runSafeHooks(action.hooks.onResponse, ctx.log, 'onResponse', message, ctx)
 }

@@ -59,6 +59,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   // An app that registered @fastify/websocket itself keeps its preClose, which runs before this one.
   if (!ownsWebsocket) fastify.addHook('preClose', async function (this: FastifyInstance) { await shutdown(rt) })
   fastify.addHook('onClose', async () => {
+    rt.deadlines.close()
     if (options.closeBroker) await rt.broker.close()
   })
 }

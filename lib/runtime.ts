@@ -5,8 +5,9 @@ import { Compile } from 'typebox/compile'
 import type { Broker, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
 import { Connection } from './connection.js'
-import type { ContextHost } from './context.js'
-import { handleFrame } from './dispatch.js'
+import type { ActionContext, ContextHost } from './context.js'
+import { expire, handleFrame } from './dispatch.js'
+import { Deadlines } from './deadlines.js'
 import { addHttpRoutes } from './http.js'
 import {
   ActionNotFoundError, AlreadyStartedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TopicNotFoundError,
@@ -43,6 +44,8 @@ export class Runtime implements ContextHost {
   private readonly scopeHooks = new WeakMap<object, Record<ActionHookName, CompiledHook[]>>()
   /** Unsubscribing from a topic that matches no declaration, which a handler may have subscribed. */
   private readonly plainUnsubscribe: CompiledAction
+  /** Time limits of the actions in flight, swept by one timer. */
+  readonly deadlines = new Deadlines<ActionContext>(ctx => expire(this, ctx))
   inFlight = 0
   started = false
   closing = false
@@ -60,7 +63,10 @@ export class Runtime implements ContextHost {
 
   declareResource (scope: FastifyInstance, name: unknown, actions: unknown): Map<string, CompiledAction> {
     const compiled = this.registry.declare(scope, name, actions)
-    if (this.started) for (const action of compiled.values()) this.link(action)
+    if (this.started) {
+      for (const action of compiled.values()) this.link(action)
+      this.deadlines.tune(this.shortestTimeLimit())
+    }
     addHttpRoutes(this, scope, compiled)
     return compiled
   }
@@ -91,9 +97,19 @@ export class Runtime implements ContextHost {
   /** Called once when Fastify is ready: resolves every action's hook chain. */
   ready (): void {
     this.started = true
+    this.deadlines.tune(this.shortestTimeLimit())
     for (const action of this.registry.actions()) this.link(action)
     for (const actions of this.topicActions.values()) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
     this.link(this.plainUnsubscribe)
+  }
+
+  /** The shortest positive action time limit, which sets the precision of the deadline sweep. */
+  private shortestTimeLimit (): number {
+    let shortest = this.options.actionTimeout > 0 ? this.options.actionTimeout : Infinity
+    for (const action of this.registry.actions()) {
+      if (action.timeout !== undefined && action.timeout > 0) shortest = Math.min(shortest, action.timeout)
+    }
+    return Number.isFinite(shortest) ? shortest : 10_000
   }
 
   /** Scope hooks from the root down to the action's scope, then the action's own. */
@@ -112,7 +128,7 @@ export class Runtime implements ContextHost {
   // ---- connections ------------------------------------------------------------------------
 
   open (socket: WebSocket, request: FastifyRequest): void {
-    const conn = new Connection(socket, request, encodePublication)
+    const conn = new Connection(socket, request, encodePublication, !this.options.disableActionLogging)
     this.connections.add(conn)
     this.subscriptions.add(conn, ALL_TOPIC)
     socket.on('message', (raw: Buffer, isBinary: boolean) => {

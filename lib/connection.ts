@@ -22,6 +22,8 @@ export interface DrizzleConnection {
 }
 
 const OPEN = 1
+/** A Buffer holding UTF-8 JSON still goes out as a text frame. */
+const TEXT_FRAME = { binary: false }
 
 /** Whether a logger prints info lines. Fastify's disabled logger has no level and only `child`. */
 function infoEnabled (log: FastifyBaseLogger): boolean {
@@ -72,7 +74,7 @@ export class Connection implements DrizzleConnection {
   private corkedSocket: RawSocket | undefined
 
   /** Writes a frame if the socket is still open; a closed socket is never written to. */
-  write (frame: string): boolean {
+  write (frame: string | Buffer): boolean {
     if (this.closed || this.socket.readyState !== OPEN) return false
     let raw = this.corkedSocket
     if (raw === undefined) {
@@ -83,7 +85,8 @@ export class Connection implements DrizzleConnection {
         if (corked.push(this) === 1) process.nextTick(uncorkAll)
       }
     }
-    this.socket.send(frame)
+    if (typeof frame === 'string') this.socket.send(frame)
+    else this.socket.send(frame, TEXT_FRAME)
     if (raw !== undefined && raw.writableLength >= CORK_LIMIT) this.uncork()
     return true
   }

@@ -242,7 +242,7 @@ export class Runtime implements ContextHost {
   }
 
   /** Writes a publication unless the socket is a slow consumer; then drops it or closes the socket. */
-  private readonly sendPublication = (conn: Connection, frame: string): boolean => {
+  private readonly sendPublication = (conn: Connection, frame: Buffer): boolean => {
     // A slow consumer being closed stays subscribed until its close completes (up to ws's
     // closeTimeout): skip it quietly instead of closing and logging it again for every publication.
     if (conn.closed) return false

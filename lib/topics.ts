@@ -142,10 +142,11 @@ export class Subscriptions {
   }
 
   /** Serializes once, then writes the same frame to each local subscriber. Returns how many got it. */
-  deliver (topic: string, json: string, event: string | undefined, send: (conn: Connection, frame: string) => boolean): number {
+  deliver (topic: string, json: string, event: string | undefined, send: (conn: Connection, frame: Buffer) => boolean): number {
     const subscribers = this.byTopic.get(topic)
     if (subscribers === undefined) return 0
-    const frame = encodePublicationJson(topic, json, event)
+    // Encoded to UTF-8 once here, not once per subscriber by ws (which encodes every string it sends).
+    const frame = Buffer.from(encodePublicationJson(topic, json, event))
     let delivered = 0
     for (const conn of subscribers) if (send(conn, frame)) delivered++
     return delivered

@@ -11,7 +11,10 @@ test('overdue entries expire once, within the sweep interval; deleted ones never
   const deadlines = new Deadlines<ReturnType<typeof entry>>(e => expired.push(e.name))
   deadlines.tune(50)
   assert.equal(deadlines.interval, 5)
-  const [a, b, c, d] = ['a', 'b', 'c', 'd'].map(entry) as Array<ReturnType<typeof entry>>
+  const a = entry('a')
+  const b = entry('b')
+  const c = entry('c')
+  const d = entry('d')
   deadlines.add(a, 30)
   deadlines.add(b, 30)
   deadlines.add(c, 300)

@@ -22,6 +22,14 @@ export interface DrizzleConnection {
 }
 
 const OPEN = 1
+
+/** WebSocket close codes the plugin uses (RFC 6455 section 7.4.1, and 1013 from the IANA registry). */
+export const CLOSE = {
+  GOING_AWAY: 1001,
+  POLICY_VIOLATION: 1008,
+  TRY_AGAIN_LATER: 1013
+} as const
+
 /** A Buffer holding UTF-8 JSON still goes out as a text frame. */
 const TEXT_FRAME = { binary: false }
 
@@ -105,5 +113,17 @@ export class Connection implements DrizzleConnection {
 
   close (code = 1000, reason?: string): void {
     if (this.socket.readyState === OPEN) this.socket.close(code, reason)
+  }
+
+  /**
+   * Stops serving a peer that broke a limit and closes it with `code`. It is marked closed at once:
+   * its close event may come only after ws's closeTimeout, and until then nothing more is read from it
+   * or written to it, and the warning is logged once.
+   */
+  shut (code: number, reason: string, why: string, fields: Record<string, unknown>): void {
+    if (this.closed) return
+    this.log.warn({ connection: this.id, ...fields }, why)
+    this.close(code, reason)
+    this.closed = true
   }
 }

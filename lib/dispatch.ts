@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { ActionContext } from './context.js'
-import type { Connection } from './connection.js'
+import { CLOSE, type Connection } from './connection.js'
 import { ActionTimeoutError, InternalError, ShuttingDownError, TooManyRequestsError, validationError } from './errors.js'
 import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
 import { dataErrors, encodeError, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
@@ -45,11 +45,7 @@ export function handleFrame (rt: Runtime, conn: Connection, raw: Buffer | ArrayB
  */
 function sendReply (rt: Runtime, conn: Connection, frame: string): void {
   if (conn.socket.bufferedAmount > 2 * rt.options.maxBufferedBytes) {
-    if (!conn.closed) {
-      conn.log.warn({ connection: conn.id, bufferedAmount: conn.socket.bufferedAmount }, 'slow consumer closed: replies not read')
-      conn.close(1013, 'Slow consumer')
-      conn.closed = true
-    }
+    conn.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed: replies not read', { bufferedAmount: conn.socket.bufferedAmount })
     return
   }
   conn.write(frame)
@@ -69,13 +65,9 @@ function countFrame (rt: Runtime, conn: Connection): boolean {
     conn.windowCount = 0
   }
   if (++conn.windowCount <= 2 * rate.max) return true
-  conn.log.warn({ connection: conn.id, frames: conn.windowCount, timeWindow: rate.timeWindow }, 'connection flooding past twice its rate limit; closing')
-  conn.close(POLICY_VIOLATION, 'Rate limit exceeded')
-  conn.closed = true
+  conn.shut(CLOSE.POLICY_VIOLATION, 'Rate limit exceeded', 'connection flooding past twice its rate limit; closing', { frames: conn.windowCount, timeWindow: rate.timeWindow })
   return false
 }
-
-const POLICY_VIOLATION = 1008
 
 /** Applies shutdown and the per-connection rate and in-flight limits; returns the error to send when refused. */
 function admit (rt: Runtime, conn: Connection): Error | undefined {

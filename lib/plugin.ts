@@ -5,11 +5,9 @@ import type { WebSocket } from 'ws'
 import { addAsyncApiRoute } from './asyncapi.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { resolveOptions, type DrizzleOptions, type ResolvedOptions } from './options.js'
+import { CLOSE } from './connection.js'
 import { Runtime } from './runtime.js'
 import { scopeGetter } from './scope.js'
-
-const GOING_AWAY = 1001
-const TRY_AGAIN_LATER = 1013
 
 async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): Promise<void> {
   const options = resolveOptions(input)
@@ -43,8 +41,8 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
       // guardUpgrade runs at onRequest, before the app's preValidation/preHandler hooks: upgrades that
       // passed it together while an async hook (auth) ran would overshoot maxConnections, and one that
       // completes after shutdown began would be missed by it. Both are checked again now.
-      if (rt.closing) socket.close(GOING_AWAY, 'Server shutting down')
-      else if (rt.connections.size >= rt.options.maxConnections) socket.close(TRY_AGAIN_LATER, 'Connection limit reached')
+      if (rt.closing) socket.close(CLOSE.GOING_AWAY, 'Server shutting down')
+      else if (rt.connections.size >= rt.options.maxConnections) socket.close(CLOSE.TRY_AGAIN_LATER, 'Connection limit reached')
       else rt.open(socket, request)
     }
   })
@@ -145,7 +143,7 @@ async function shutdown (rt: Runtime): Promise<void> {
       if (socket.readyState === 3) { resolve(); return }
       const timer = setTimeout(() => socket.terminate(), 1000)
       socket.once('close', () => { clearTimeout(timer); resolve() })
-      socket.close(GOING_AWAY, 'Server shutting down')
+      socket.close(CLOSE.GOING_AWAY, 'Server shutting down')
     }))
   }
   await Promise.all(closed)

@@ -4,7 +4,7 @@ import Type from 'typebox'
 import { Compile } from 'typebox/compile'
 import type { Broker, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
-import { Connection } from './connection.js'
+import { CLOSE, Connection } from './connection.js'
 import type { ActionContext, ContextHost } from './context.js'
 import { expire, handleFrame } from './dispatch.js'
 import { Deadlines } from './deadlines.js'
@@ -248,9 +248,7 @@ export class Runtime implements ContextHost {
     if (conn.closed) return false
     if (conn.socket.bufferedAmount > this.options.maxBufferedBytes) {
       if (this.options.slowConsumer === 'close') {
-        conn.log.warn({ connection: conn.id, bufferedAmount: conn.socket.bufferedAmount }, 'slow consumer closed')
-        conn.close(1013, 'Slow consumer')
-        conn.closed = true
+        conn.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed', { bufferedAmount: conn.socket.bufferedAmount })
       }
       return false
     }

@@ -95,7 +95,7 @@ async function dispatch (rt: Runtime, conn: Connection, action: CompiledAction, 
   ctx.started = performance.now()
   conn.inFlight++
   rt.inFlight++
-  const timeout = action.timeout ?? rt.options.actionTimeout
+  const timeout = timeLimit(rt, action)
   if (timeout > 0) {
     ctx.compiled = action
     ctx.message = message
@@ -126,7 +126,7 @@ export function expire (rt: Runtime, ctx: ActionContext): void {
   const message = ctx.message as Envelope
   const conn = ctx.connection as Connection
   ctx.timedOut = true
-  settleError(action, message, ctx, new ActionTimeoutError(action.timeout ?? rt.options.actionTimeout))
+  settleError(action, message, ctx, new ActionTimeoutError(timeLimit(rt, action)))
     .then(wire => {
       sendReply(rt, conn, encodeError(message.request_id, wire))
       return completed(conn, action, message, ctx)
@@ -140,6 +140,11 @@ async function completed (conn: Connection, action: CompiledAction, message: Env
     conn.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - ctx.started }, 'action completed')
   }
   if (action.hooks.onResponse.length > 0) await runSafeHooks(action.hooks.onResponse, ctx.log, 'onResponse', message, ctx)
+}
+
+/** An action's time limit in ms: its own `timeout`, else the plugin's `actionTimeout` (0: none). */
+export function timeLimit (rt: Runtime, action: CompiledAction): number {
+  return action.timeout ?? rt.options.actionTimeout
 }
 
 function release (rt: Runtime, conn: Connection): void {

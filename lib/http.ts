@@ -3,7 +3,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, 
 import type { PublishOptions } from './brokers/types.js'
 import type { Connection, DrizzleConnection, DrizzleConnectionStore } from './connection.js'
 import { ActionContext, type ContextHost } from './context.js'
-import { execute, settleError, withTimeout } from './dispatch.js'
+import { execute, settleError, timeLimit, withTimeout } from './dispatch.js'
 import { SubscribeNotSupportedError, validationError } from './errors.js'
 import { runSafeHooks } from './hooks.js'
 import type { Envelope, WireError } from './protocol.js'
@@ -128,7 +128,7 @@ async function handle (rt: Runtime, action: CompiledAction, request: FastifyRequ
   if (message instanceof Error) return sendError(reply, { code: 'VALIDATION_ERROR', message: message.message, statusCode: 400, details: message.details })
   const ctx = new ActionContext(hostOf(rt), new HttpConnection(request) as unknown as Connection, action.resource, action.action, request.id, action.scope)
   settled.set(request, { action, message, ctx })
-  const timeout = action.timeout ?? rt.options.actionTimeout
+  const timeout = timeLimit(rt, action)
   try {
     const running = execute(action, message, ctx)
     const json = await (timeout > 0 ? withTimeout(running, timeout) : running)

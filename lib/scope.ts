@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify'
+import type { Static, TSchema } from 'typebox'
 import { buildAsyncApi, serverOf, type AsyncApiCallOptions, type AsyncApiDocument } from './asyncapi.js'
 import type { PublishOptions } from './brokers/types.js'
 import type { DrizzleConnection } from './connection.js'
@@ -24,8 +25,14 @@ export class DrizzleScope {
     return { name, actions: [...compiled.keys()] }
   }
 
-  /** Declares a topic clients may subscribe to themselves, with `:param` segments and authorization. */
-  topic<const P extends string, D = unknown> (pattern: P, options?: TopicOptions<D>): DrizzleTopic<P, D> {
+  /**
+   * Declares a topic clients may subscribe to themselves, with `:param` segments and authorization.
+   * The published data's type comes from `schema` when there is one (`topic('news', { schema: News })`),
+   * else from the second type argument (`topic<'news', News>('news')`), else `unknown`.
+   */
+  topic<const P extends string, const S extends TSchema> (pattern: P, options: TopicOptions<Static<S>> & { schema: S }): DrizzleTopic<P, Static<S>>
+  topic<const P extends string, D = unknown> (pattern: P, options?: TopicOptions<D>): DrizzleTopic<P, D>
+  topic (pattern: string, options?: TopicOptions): DrizzleTopic {
     this.rt.declareTopic(this.instance, pattern, options)
     return { pattern }
   }

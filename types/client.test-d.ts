@@ -20,7 +20,9 @@ export const todos = app.drizzle.resource('todos', {
 })
 export const rooms = app.drizzle.topic('rooms/:id')
 export const news = app.drizzle.topic<'news', { headline: string }>('news')
-type Api = InferApi<typeof todos | typeof rooms | typeof news>
+// A topic declared with a schema types its data from it, with no type argument.
+export const scores = app.drizzle.topic('scores/:match', { schema: Type.Object({ home: Type.Integer(), away: Type.Integer() }) })
+type Api = InferApi<typeof todos | typeof rooms | typeof news | typeof scores>
 
 const client = new DrizzleClient<Api>('ws://127.0.0.1/ws', { WebSocket, timeout: 5000, reconnect: { baseDelay: 100, maxDelay: 5000, maxAttempts: 10 } })
 
@@ -50,6 +52,12 @@ const stop = client.subscribe('news', (data, frame) => {
 expectTypeOf(stop).toEqualTypeOf<Unsubscribe>()
 expectTypeOf(stop.ready).toEqualTypeOf<Promise<void>>()
 client.subscribe('rooms/42', () => {})
+client.subscribe('scores/final', (data, frame) => {
+  expectTypeOf(data).toEqualTypeOf<{ home: number, away: number }>()
+  expectTypeOf(frame.data).toEqualTypeOf<{ home: number, away: number }>()
+})
+// @ts-expect-error the schema makes the data typed, not unknown
+client.subscribe('scores/final', (data: { home: string }) => data)
 // @ts-expect-error not a declared topic
 client.subscribe('weather', () => {})
 // listen() takes any topic (the server may subscribe the socket to undeclared ones).

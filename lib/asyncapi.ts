@@ -1,9 +1,8 @@
 import type { AddressInfo } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { InvalidOptionError, describe } from './errors.js'
-import { plainSchema } from './http.js'
 import { MAX_NAME_LENGTH, MAX_REQUEST_ID_LENGTH } from './protocol.js'
-import type { CompiledAction } from './resources.js'
+import { plainSchema, type CompiledAction } from './resources.js'
 import type { Runtime } from './runtime.js'
 import { ALL_TOPIC, type DeclaredTopic } from './topics.js'
 

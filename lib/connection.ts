@@ -1,25 +1,21 @@
 import { randomUUID } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
+import { ActionContext, type DrizzleConnectionStore } from './context.js'
+import { ShuttingDownError, TooManyRequestsError } from './errors.js'
+import { runSafeHooks } from './hooks.js'
+import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecycle.js'
+import { encodeError, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
+import type { CompiledAction } from './resources.js'
+import type { Peer, Runtime } from './runtime.js'
+import { ALL_TOPIC } from './topics.js'
 
-/** Per-connection storage for the app; augment `DrizzleConnectionStore` to type it. */
-export interface DrizzleConnectionStore extends Record<string, unknown> {}
+// The WebSocket transport: one Connection owns one socket's loop. Inbound (handle*): frames, pongs,
+// close. Outbound (send*): replies and publications, each with its backpressure rule. Nothing else
+// writes its fields.
 
-/** What handlers and hooks see of a connection. */
-export interface DrizzleConnection {
-  /** Unique across processes (a UUID), so presence can be tracked through a broker. */
-  readonly id: string
-  /** The upgrade request, with whatever the app's Fastify hooks decorated on it (e.g. `request.user`). */
-  readonly request: FastifyRequest
-  readonly log: FastifyBaseLogger
-  /** Free-form per-connection state, dropped with the connection. */
-  readonly store: DrizzleConnectionStore
-  /** Topics this connection receives, `__all__` included. */
-  readonly topics: ReadonlySet<string>
-  /** Sends a publication frame to this connection only. */
-  send (topic: string, data: unknown, event?: string): boolean
-  close (code?: number, reason?: string): void
-}
+export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
 
 const OPEN = 1
 
@@ -57,33 +53,219 @@ function uncorkAll (): void {
 
 interface RawSocket { cork (): void, uncork (): void, writableLength: number, destroyed: boolean }
 
-export class Connection implements DrizzleConnection {
+export class Connection implements Peer, Answer {
   readonly id = randomUUID()
   readonly store: DrizzleConnectionStore = Object.create(null)
   readonly topics = new Set<string>()
   readonly log: FastifyBaseLogger
-  inFlight = 0
-  closed = false
-  /** Rate-limit window: when it started and how many requests it has seen. */
-  windowStart = 0
-  windowCount = 0
-  /** Set by the liveness check; cleared by each pong. */
-  awaitingPong = false
-
+  /** Requests of this connection whose handler has not ended. */
+  private inFlight = 0
+  private isClosed = false
+  /** Rate-limit window: when it started and how many frames it has seen. */
+  private windowStart = 0
+  private windowCount = 0
+  /** Set by the heartbeat; cleared by each pong. */
+  private awaitingPong = false
   /** Whether this connection's "action completed" lines would be printed: if not, none is built. */
-  readonly logsActions: boolean
-
-  constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly encode: (topic: string, data: unknown, event: string | undefined) => string, logActions = true) {
-    this.log = request.log
-    this.logsActions = logActions && infoEnabled(this.log)
-  }
-
+  private readonly logsActions: boolean
   /** The TCP socket under the WebSocket while it is corked by write(). */
   private corkedSocket: RawSocket | undefined
 
+  constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly rt: Runtime) {
+    this.log = request.log
+    this.logsActions = !rt.options.disableActionLogging && infoEnabled(this.log)
+  }
+
+  get closed (): boolean { return this.isClosed }
+
+  /** Starts serving the socket: `__all__`, listeners, onConnect hooks. */
+  open (): void {
+    const rt = this.rt
+    rt.connections.add(this)
+    rt.subscriptions.add(this, ALL_TOPIC)
+    this.socket.on('message', (raw: Buffer, isBinary: boolean) => {
+      try {
+        this.handleFrame(raw, isBinary)
+      } catch (err) {
+        this.log.error({ err }, 'frame handling failed')
+      }
+    })
+    this.socket.on('pong', () => { this.awaitingPong = false })
+    this.socket.on('error', err => this.log.warn({ err }, 'websocket error'))
+    this.socket.once('close', (code: number) => this.handleClose(code))
+    if (rt.appHooks.onConnect.length > 0) runSafeHooks(rt.appHooks.onConnect, this.log, 'onConnect', this).catch(() => {})
+  }
+
+  // ---- inbound ------------------------------------------------------------------------------
+
+  /** Entry point of a frame; never throws (the socket listener relies on it). */
+  handleFrame (raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+    // A connection being closed (slow consumer) can no longer be answered: its backlog of frames is
+    // neither parsed nor run.
+    if (this.isClosed) return
+    // Every frame counts toward the rate, garbage included: parsing and answering it costs too.
+    if (!this.countFrame()) return
+    const parsed = parseFrame(raw, isBinary, this.rt.parseOptions)
+    if (parsed instanceof FrameError) {
+      this.log.debug({ err: parsed.reason }, 'frame rejected')
+      this.sendReply(encodeError(parsed.requestId, toWireError(parsed.reason)))
+      return
+    }
+    const refusal = this.admit()
+    if (refusal !== undefined) {
+      this.refuse(parsed, refusal)
+      return
+    }
+    const action = this.rt.resolve(this, parsed)
+    if (action instanceof Error) {
+      this.refuse(parsed, action)
+      return
+    }
+    this.run(action, parsed)
+  }
+
+  private run (action: CompiledAction, message: Envelope): void {
+    const ctx = new ActionContext(this.rt, this, action.resource, action.action, message.request_id, action.scope)
+    this.inFlight++
+    // run() never rejects: failures are answered or logged there.
+    this.rt.runner.run(new Invocation(action, message, ctx, this))
+  }
+
+  /**
+   * Counts a frame in the rate window. Past the limit requests are refused (admit); a peer that sends
+   * twice the limit in one window is flooding, and answering each frame with an error would still
+   * cost a parse and a reply: it is closed with 1008 instead. Returns false once closed.
+   */
+  private countFrame (): boolean {
+    const rate = this.rt.options.rateLimit
+    if (rate === false) return true
+    const now = performance.now()
+    if (now - this.windowStart >= rate.timeWindow) {
+      this.windowStart = now
+      this.windowCount = 0
+    }
+    if (++this.windowCount <= 2 * rate.max) return true
+    this.shut(CLOSE.POLICY_VIOLATION, 'Rate limit exceeded', 'connection flooding past twice its rate limit; closing', { frames: this.windowCount, timeWindow: rate.timeWindow })
+    return false
+  }
+
+  /** Applies shutdown and the rate and in-flight limits; returns the error to send when refused. */
+  private admit (): Error | undefined {
+    // New work during shutdown would keep extending the grace period that in-flight actions get.
+    if (this.rt.closing) return new ShuttingDownError()
+    const rate = this.rt.options.rateLimit
+    if (rate !== false && this.windowCount > rate.max) {
+      return new TooManyRequestsError(`Rate limit of ${rate.max} requests per ${rate.timeWindow} ms exceeded`)
+    }
+    const maxInFlight = this.rt.options.maxInFlight
+    if (this.inFlight >= maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${maxInFlight})`)
+    return undefined
+  }
+
+  /** Answers a request that never reached an action (unknown names, limits). */
+  private refuse (message: Envelope, error: Error): void {
+    const wire = toWireError(error)
+    this.sendReply(encodeError(message.request_id, wire))
+    if (this.logsActions) {
+      this.log.info({ resource: message.resource, action: message.action, request_id: message.request_id, statusCode: wire.statusCode, responseTime: 0 }, 'action completed')
+    }
+  }
+
+  /**
+   * The heartbeat's check, once per interval: a peer that missed the previous pong is terminated;
+   * otherwise it is pinged. Returns false when it was terminated.
+   */
+  checkHeartbeat (): boolean {
+    if (this.awaitingPong) {
+      this.log.info({ connection: this.id }, 'connection missed its heartbeat; terminating')
+      this.socket.terminate()
+      return false
+    }
+    this.awaitingPong = true
+    try { this.socket.ping() } catch { /* socket already closing: the close event cleans up */ }
+    return true
+  }
+
+  /** A closed connection leaves no trace: subscriptions, the connection set, listeners. */
+  private handleClose (code: number): void {
+    const rt = this.rt
+    this.isClosed = true
+    rt.connections.delete(this)
+    const topics = rt.subscriptions.removeAll(this)
+    this.socket.removeAllListeners('message')
+    this.socket.removeAllListeners('pong')
+    this.log.debug({ connection: this.id, code }, 'connection closed')
+    if (rt.appHooks.onUnsubscribe.length > 0) {
+      for (const topic of topics) runSafeHooks(rt.appHooks.onUnsubscribe, this.log, 'onUnsubscribe', this, topic).catch(() => {})
+    }
+    if (rt.appHooks.onDisconnect.length > 0) runSafeHooks(rt.appHooks.onDisconnect, this.log, 'onDisconnect', this).catch(() => {})
+  }
+
+  // ---- outbound -----------------------------------------------------------------------------
+
+  /** The action's result (Answer, called by the lifecycle). */
+  reply (invocation: Invocation, json: string): void {
+    this.sendReply(encodeReply(json, invocation.message.request_id))
+    this.completed(invocation)
+  }
+
+  /** The action's failure or timeout (Answer, called by the lifecycle). */
+  fail (invocation: Invocation, error: WireError): void {
+    this.sendReply(encodeError(invocation.message.request_id, error))
+    this.completed(invocation)
+  }
+
+  /** The handler has ended (Answer): its in-flight slot is free. */
+  ended (): void {
+    this.inFlight--
+  }
+
+  /** The "action completed" line, then onResponse hooks (whose errors are only logged). */
+  private completed (invocation: Invocation): void {
+    if (this.logsActions) {
+      const { action, message, ctx } = invocation
+      this.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - invocation.started }, 'action completed')
+    }
+    if (invocation.action.hooks.onResponse.length > 0) runResponseHooks(invocation).catch(err => this.log.error({ err }, 'onResponse failed'))
+  }
+
+  /**
+   * Writes a reply. Replies are never dropped (every request gets one), so a peer that sends requests
+   * and never reads the replies would have the server buffer them without bound. Publications stop at
+   * maxBufferedBytes; replies get as much again, then the peer is closed with 1013 whatever the
+   * slowConsumer policy says.
+   */
+  private sendReply (frame: string): void {
+    const buffered = this.socket.bufferedAmount
+    if (buffered > 2 * this.rt.options.maxBufferedBytes) {
+      this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed: replies not read', { bufferedAmount: buffered })
+      return
+    }
+    this.write(frame)
+  }
+
+  /** Writes a publication unless the socket is a slow consumer; then drops it or closes the socket. */
+  sendPublication (frame: Buffer): boolean {
+    // A slow consumer being closed stays subscribed until its close completes (up to ws's
+    // closeTimeout): skip it quietly instead of closing and logging it again for every publication.
+    if (this.isClosed) return false
+    const buffered = this.socket.bufferedAmount
+    if (buffered > this.rt.options.maxBufferedBytes) {
+      if (this.rt.options.slowConsumer === 'close') {
+        this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed', { bufferedAmount: buffered })
+      }
+      return false
+    }
+    return this.write(frame)
+  }
+
+  send (topic: string, data: unknown, event?: string): boolean {
+    return this.write(encodePublication(topic, data, event))
+  }
+
   /** Writes a frame if the socket is still open; a closed socket is never written to. */
-  write (frame: string | Buffer): boolean {
-    if (this.closed || this.socket.readyState !== OPEN) return false
+  private write (frame: string | Buffer): boolean {
+    if (this.isClosed || this.socket.readyState !== OPEN) return false
     let raw = this.corkedSocket
     if (raw === undefined) {
       raw = (this.socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
@@ -107,12 +289,19 @@ export class Connection implements DrizzleConnection {
     raw.uncork()
   }
 
-  send (topic: string, data: unknown, event?: string): boolean {
-    return this.write(this.encode(topic, data, event))
-  }
-
   close (code = 1000, reason?: string): void {
     if (this.socket.readyState === OPEN) this.socket.close(code, reason)
+  }
+
+  /** Closes with 1001 for shutdown; a peer that never answers the close is terminated after 1 s. */
+  closeForShutdown (): Promise<void> {
+    const socket = this.socket
+    if (socket.readyState === 3) return Promise.resolve()
+    return new Promise<void>(resolve => {
+      const timer = setTimeout(() => socket.terminate(), 1000)
+      socket.once('close', () => { clearTimeout(timer); resolve() })
+      socket.close(CLOSE.GOING_AWAY, 'Server shutting down')
+    })
   }
 
   /**
@@ -120,10 +309,10 @@ export class Connection implements DrizzleConnection {
    * its close event may come only after ws's closeTimeout, and until then nothing more is read from it
    * or written to it, and the warning is logged once.
    */
-  shut (code: number, reason: string, why: string, fields: Record<string, unknown>): void {
-    if (this.closed) return
+  private shut (code: number, reason: string, why: string, fields: Record<string, unknown>): void {
+    if (this.isClosed) return
     this.log.warn({ connection: this.id, ...fields }, why)
     this.close(code, reason)
-    this.closed = true
+    this.isClosed = true
   }
 }

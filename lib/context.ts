@@ -1,43 +1,49 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
-import type { Connection, DrizzleConnection } from './connection.js'
 import type { Envelope } from './protocol.js'
 import type { PublishOptions } from './brokers/types.js'
 
-/** The operations a context delegates to the plugin's state; kept narrow so context stays cheap. */
-export interface ContextHost {
-  subscribe (conn: Connection, topic: string): Promise<boolean>
-  unsubscribe (conn: Connection, topic: string): Promise<boolean>
+/** Per-connection storage for the app; augment `DrizzleConnectionStore` to type it. */
+export interface DrizzleConnectionStore extends Record<string, unknown> {}
+
+/** What handlers and hooks see of a connection. */
+export interface DrizzleConnection {
+  /** Unique across processes (a UUID), so presence can be tracked through a broker. */
+  readonly id: string
+  /** The upgrade request, with whatever the app's Fastify hooks decorated on it (e.g. `request.user`). */
+  readonly request: FastifyRequest
+  readonly log: FastifyBaseLogger
+  /** Free-form per-connection state, dropped with the connection. */
+  readonly store: DrizzleConnectionStore
+  /** Topics this connection receives, `__all__` included. */
+  readonly topics: ReadonlySet<string>
+  /** Sends a publication frame to this connection only. */
+  send (topic: string, data: unknown, event?: string): boolean
+  close (code?: number, reason?: string): void
+}
+
+/**
+ * What a context delegates to: subscriptions of its connection and publishing. Each transport
+ * provides one (HTTP has no socket to subscribe, so its host refuses).
+ */
+export interface ContextHost<C extends DrizzleConnection = DrizzleConnection> {
+  subscribe (conn: C, topic: string): Promise<boolean>
+  unsubscribe (conn: C, topic: string): Promise<boolean>
   publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void>
 }
 
 /**
- * The second argument of every handler and action hook. One is made per message, so everything on it
- * is either a plain field or a prototype method, and the child logger is only built when read.
+ * The second argument of every handler and action hook: the handler's API, nothing else. One is made
+ * per message, so everything on it is a plain field or a prototype method, and the child logger is
+ * only built when read.
  */
 export class ActionContext {
   /** Set when the reply is decided: 200 for data, the error's statusCode otherwise. */
   statusCode = 200
-  /** Set when the action ran past its time limit and was answered with ACTION_TIMEOUT. */
-  timedOut = false
-  /** @internal when the action's time limit runs out (performance.now() based). */
-  deadline = 0
-  /** @internal links of the deadline list (lib/deadlines.ts). */
-  prevDeadline: ActionContext | undefined = undefined
-  /** @internal */
-  nextDeadline: ActionContext | undefined = undefined
-  /** @internal */
-  tracked = false
-  /** @internal what the time-limit sweep needs to answer an overdue action (set by dispatch). */
-  compiled: unknown = undefined
-  /** @internal */
-  message: Envelope | undefined = undefined
-  /** @internal performance.now() when the action started. */
-  started = 0
   private childLog: FastifyBaseLogger | undefined
 
   constructor (
-    private readonly host: ContextHost,
-    private readonly conn: Connection,
+    private readonly host: ContextHost<any>,
+    private readonly conn: DrizzleConnection,
     readonly resource: string,
     readonly action: string,
     readonly requestId: string | number | null,

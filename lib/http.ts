@@ -1,13 +1,11 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { PublishOptions } from './brokers/types.js'
-import type { Connection, DrizzleConnection, DrizzleConnectionStore } from './connection.js'
-import { ActionContext, type ContextHost } from './context.js'
-import { execute, settleError, timeLimit, withTimeout } from './dispatch.js'
+import { ActionContext, type ContextHost, type DrizzleConnection, type DrizzleConnectionStore } from './context.js'
 import { SubscribeNotSupportedError, validationError } from './errors.js'
-import { runSafeHooks } from './hooks.js'
+import { Invocation, runResponseHooks, type Answer } from './lifecycle.js'
 import type { Envelope, WireError } from './protocol.js'
-import type { CompiledAction } from './resources.js'
+import { plainSchema, type CompiledAction } from './resources.js'
 import type { Runtime } from './runtime.js'
 
 // Option `http`: every action is also `POST <prefix>/<resource>/<action>`, a real Fastify route added
@@ -35,16 +33,21 @@ const HTTP_ERROR_SCHEMA = {
   }
 }
 
-/** What the route's onResponse hook needs to run the action's drizzle onResponse hooks. */
-const settled = new WeakMap<FastifyRequest, { action: CompiledAction, message: Envelope, ctx: ActionContext }>()
+/** The invocation of each request answered, for the route's onResponse hook to run drizzle's. */
+const answered = new WeakMap<FastifyRequest, Invocation>()
 const hosts = new WeakMap<Runtime, ContextHost>()
+
+/** Serves the actions of every resource declared from now on as HTTP routes (option `http`). */
+export function serveOverHttp (rt: Runtime): void {
+  if (rt.options.http !== false) rt.declarationListeners.push((scope, actions) => addHttpRoutes(rt, scope, actions))
+}
 
 /**
  * Adds the routes of a just-declared resource. Fastify refuses routes once the server has started,
  * so a resource declared after ready stays WebSocket-only and a warning says so: the declaration
  * itself is valid, and throwing would also take it away from WebSocket clients.
  */
-export function addHttpRoutes (rt: Runtime, scope: FastifyInstance, actions: ReadonlyMap<string, CompiledAction>): void {
+function addHttpRoutes (rt: Runtime, scope: FastifyInstance, actions: ReadonlyMap<string, CompiledAction>): void {
   const http = rt.options.http
   if (http === false) return
   for (const action of actions.values()) {
@@ -85,11 +88,6 @@ function routeOptions (rt: Runtime, prefix: string, action: CompiledAction): Rou
   }
 }
 
-/** A deep plain copy: TypeBox 1.x schemas carry a non-enumerable `~kind`, and Fastify may annotate schemas it is given. */
-export function plainSchema (schema: unknown): Record<string, unknown> {
-  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>
-}
-
 function routeSchema (action: CompiledAction): Record<string, unknown> {
   const schema: Record<string, unknown> = {
     summary: `${action.resource}.${action.action}`,
@@ -126,17 +124,28 @@ async function emptyJsonIsNoBody (request: FastifyRequest, _reply: FastifyReply,
 async function handle (rt: Runtime, action: CompiledAction, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
   const message = envelopeOf(action, request)
   if (message instanceof Error) return sendError(reply, { code: 'VALIDATION_ERROR', message: message.message, statusCode: 400, details: message.details })
-  const ctx = new ActionContext(hostOf(rt), new HttpConnection(request) as unknown as Connection, action.resource, action.action, request.id, action.scope)
-  settled.set(request, { action, message, ctx })
-  const timeout = timeLimit(rt, action)
-  try {
-    const running = execute(action, message, ctx)
-    const json = await (timeout > 0 ? withTimeout(running, timeout) : running)
-    return reply.code(200).type('application/json; charset=utf-8').send(json)
-  } catch (err) {
-    // settleError logs 5xx with the real error, runs onError/onTimeout and hides internals.
-    return sendError(reply, await settleError(action, message, ctx, err))
+  const ctx = new ActionContext(hostOf(rt), new HttpConnection(request), action.resource, action.action, request.id, action.scope)
+  return await new Promise<FastifyReply>(resolve => {
+    const invocation = new Invocation(action, message, ctx, new HttpAnswer(reply, resolve))
+    answered.set(request, invocation)
+    // run() never rejects: failures are answered (logged when 5xx, with onError/onTimeout run) there.
+    rt.runner.run(invocation)
+  })
+}
+
+/** Answers an action over HTTP: the serialized reply as it is, or Fastify's error format. */
+class HttpAnswer implements Answer {
+  constructor (private readonly response: FastifyReply, private readonly done: (reply: FastifyReply) => void) {}
+
+  reply (_invocation: Invocation, json: string): void {
+    this.done(this.response.code(200).type('application/json; charset=utf-8').send(json))
   }
+
+  fail (_invocation: Invocation, error: WireError): void {
+    this.done(sendError(this.response, error))
+  }
+
+  ended (): void {}
 }
 
 /** The request body is the message's `data`: an object or an array, or nothing for an empty body. */
@@ -160,11 +169,10 @@ function sendError (reply: FastifyReply, wire: WireError): FastifyReply {
 
 /** Drizzle's onResponse hooks, once Fastify has sent the response, as on WebSocket after the reply frame. */
 async function runOnResponseHooks (request: FastifyRequest): Promise<void> {
-  const done = settled.get(request)
-  if (done === undefined) return
-  settled.delete(request)
-  const hooks = done.action.hooks.onResponse
-  if (hooks.length > 0) await runSafeHooks(hooks, done.ctx.log, 'onResponse', done.message, done.ctx)
+  const invocation = answered.get(request)
+  if (invocation === undefined) return
+  answered.delete(request)
+  await runResponseHooks(invocation)
 }
 
 /** ctx.publish reaches subscribers as from anywhere; an HTTP request has no socket to subscribe. */

@@ -5,7 +5,8 @@ import type { WebSocket } from 'ws'
 import { addAsyncApiRoute } from './asyncapi.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { resolveOptions, type DrizzleOptions, type ResolvedOptions } from './options.js'
-import { CLOSE } from './connection.js'
+import { CLOSE, Connection } from './connection.js'
+import { serveOverHttp } from './http.js'
 import { Runtime } from './runtime.js'
 import { scopeGetter } from './scope.js'
 
@@ -13,6 +14,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   const options = resolveOptions(input)
   if (fastify.hasDecorator('drizzle')) throw new AlreadyRegisteredError()
   const rt = new Runtime(fastify, options, fastify.log)
+  serveOverHttp(rt)
 
   // @fastify/websocket's default preClose closes every client at once, without a code, before our
   // own hook can let actions in flight reply: when we register it, our shutdown replaces it.
@@ -43,7 +45,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
       // completes after shutdown began would be missed by it. Both are checked again now.
       if (rt.closing) socket.close(CLOSE.GOING_AWAY, 'Server shutting down')
       else if (rt.connections.size >= rt.options.maxConnections) socket.close(CLOSE.TRY_AGAIN_LATER, 'Connection limit reached')
-      else rt.open(socket, request)
+      else new Connection(socket, request, rt).open()
     }
   })
   addAsyncApiRoute(rt, fastify)
@@ -57,7 +59,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   // An app that registered @fastify/websocket itself keeps its preClose, which runs before this one.
   if (!ownsWebsocket) fastify.addHook('preClose', async function (this: FastifyInstance) { await shutdown(rt) })
   fastify.addHook('onClose', async () => {
-    rt.deadlines.close()
+    rt.runner.close()
     if (options.closeBroker) await rt.broker.close()
   })
 }
@@ -115,15 +117,7 @@ function startHeartbeat (rt: Runtime): void {
   const interval = rt.options.heartbeatInterval
   if (interval === 0) return
   const timer = setInterval(() => {
-    for (const conn of rt.connections) {
-      if (conn.awaitingPong) {
-        conn.log.info({ connection: conn.id }, 'connection missed its heartbeat; terminating')
-        conn.socket.terminate()
-        continue
-      }
-      conn.awaitingPong = true
-      try { conn.socket.ping() } catch { /* socket already closing: the close event cleans up */ }
-    }
+    for (const conn of sockets(rt)) conn.checkHeartbeat()
   }, interval)
   timer.unref()
   rt.root.addHook('onClose', async () => clearInterval(timer))
@@ -135,18 +129,13 @@ function startHeartbeat (rt: Runtime): void {
  */
 async function shutdown (rt: Runtime): Promise<void> {
   rt.closing = true
-  await rt.waitForActions(rt.options.closeGracePeriod)
-  const closed: Promise<void>[] = []
-  for (const conn of rt.connections) {
-    closed.push(new Promise<void>(resolve => {
-      const socket = conn.socket
-      if (socket.readyState === 3) { resolve(); return }
-      const timer = setTimeout(() => socket.terminate(), 1000)
-      socket.once('close', () => { clearTimeout(timer); resolve() })
-      socket.close(CLOSE.GOING_AWAY, 'Server shutting down')
-    }))
-  }
-  await Promise.all(closed)
+  await rt.runner.waitForActions(rt.options.closeGracePeriod)
+  await Promise.all(Array.from(sockets(rt), conn => conn.closeForShutdown()))
+}
+
+/** The WebSocket connections among the runtime's (the only kind today). */
+function * sockets (rt: Runtime): Generator<Connection> {
+  for (const conn of rt.connections) if (conn instanceof Connection) yield conn
 }
 
 export const drizzle = fp(drizzlePlugin as FastifyPluginAsync<DrizzleOptions>, {

@@ -165,3 +165,8 @@ function compileSerializer (resource: string, action: string, schema: unknown): 
 function where (resource: string, action: string): string {
   return `action "${action}" of resource "${resource}"`
 }
+
+/** A deep plain copy: TypeBox 1.x schemas carry a non-enumerable `~kind`, and Fastify may annotate schemas it is given. */
+export function plainSchema (schema: unknown): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>
+}

@@ -1,14 +1,9 @@
-import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
-import type { WebSocket } from 'ws'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import Type from 'typebox'
 import { Compile } from 'typebox/compile'
 import type { Broker, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
-import { CLOSE, Connection } from './connection.js'
-import type { ActionContext, ContextHost } from './context.js'
-import { expire, handleFrame } from './dispatch.js'
-import { Deadlines } from './deadlines.js'
-import { addHttpRoutes } from './http.js'
+import type { ContextHost, DrizzleConnection } from './context.js'
 import {
   ActionNotFoundError, AlreadyStartedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TopicNotFoundError,
   validationError, describe
@@ -17,44 +12,56 @@ import {
   ACTION_HOOKS, APPLICATION_HOOKS, compileHook, isActionHookName, runSafeHooks, type ActionHookName, type ApplicationHookName,
   type CompiledHook
 } from './hooks.js'
+import { ActionRunner } from './lifecycle.js'
 import type { ResolvedOptions } from './options.js'
-import { encodePublication, MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
+import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
-import { ALL_TOPIC, checkTopic, parsePattern, Subscriptions, TopicPatterns, type DeclaredTopic } from './topics.js'
+import { ALL_TOPIC, checkTopic, parsePattern, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
 
 const TOPIC_RESOURCE = '$topic'
 const topicData = Compile(Type.Object({ topic: Type.String({ minLength: 1, maxLength: MAX_NAME_LENGTH }) }))
 
 interface TopicActions { subscribe: CompiledAction, unsubscribe: CompiledAction }
 
+/** A connection as the core knows it: what handlers see, plus what subscriptions need. */
+export interface Peer extends Subscriber, DrizzleConnection {
+  readonly topics: Set<string>
+  /** True once the connection stopped being served (closed, or being closed for breaking a limit). */
+  readonly closed: boolean
+}
+
+/** Called with the actions of each resource declared, so a transport (HTTP) can serve them too. */
+export type DeclarationListener = (scope: FastifyInstance, actions: ReadonlyMap<string, CompiledAction>) => void
+
 /**
- * The plugin's state for one app: declarations, connections, subscriptions and the broker.
- * Scopes are Fastify instances; their hooks are kept per instance and resolved into each action's
- * chain (parent scope first) when the server becomes ready.
+ * The plugin's state for one app: declarations, subscriptions, the broker seam and the action runner.
+ * It knows no transport: the WebSocket and HTTP transports call into it. Scopes are Fastify instances;
+ * their hooks are kept per instance and resolved into each action's chain (parent scope first) when
+ * the server becomes ready.
  */
-export class Runtime implements ContextHost {
+export class Runtime implements ContextHost<Peer> {
   readonly registry = new ResourceRegistry()
   readonly patterns = new TopicPatterns()
   readonly topicActions = new Map<DeclaredTopic, TopicActions>()
   readonly subscriptions: Subscriptions
   readonly broker: Broker
-  readonly connections = new Set<Connection>()
+  /** Open connections of this process, whatever transport opened them. */
+  readonly connections = new Set<Peer>()
   readonly parseOptions: ParseOptions
   readonly appHooks = {} as Record<ApplicationHookName, CompiledHook[]>
+  readonly runner: ActionRunner
+  readonly declarationListeners: DeclarationListener[] = []
   private readonly scopeHooks = new WeakMap<object, Record<ActionHookName, CompiledHook[]>>()
   /** Unsubscribing from a topic that matches no declaration, which a handler may have subscribed. */
   private readonly plainUnsubscribe: CompiledAction
-  /** Time limits of the actions in flight, swept by one timer. */
-  readonly deadlines = new Deadlines<ActionContext>(ctx => expire(this, ctx))
-  inFlight = 0
   started = false
   closing = false
-  private drained: (() => void) | undefined
 
   constructor (readonly root: FastifyInstance, readonly options: ResolvedOptions, readonly log: FastifyBaseLogger) {
     this.broker = options.broker ?? memoryBroker()
     this.parseOptions = { protoAction: options.onProtoPoisoning, constructorAction: options.onConstructorPoisoning }
     this.subscriptions = new Subscriptions(this.broker, (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
+    this.runner = new ActionRunner(options.actionTimeout)
     for (const name of APPLICATION_HOOKS) this.appHooks[name] = []
     this.plainUnsubscribe = this.topicAction(root, 'unsubscribe', undefined)
   }
@@ -65,9 +72,9 @@ export class Runtime implements ContextHost {
     const compiled = this.registry.declare(scope, name, actions)
     if (this.started) {
       for (const action of compiled.values()) this.link(action)
-      this.deadlines.tune(this.shortestTimeLimit())
+      this.runner.tune(this.registry.actions())
     }
-    addHttpRoutes(this, scope, compiled)
+    for (const listener of this.declarationListeners) listener(scope, compiled)
     return compiled
   }
 
@@ -97,19 +104,10 @@ export class Runtime implements ContextHost {
   /** Called once when Fastify is ready: resolves every action's hook chain. */
   ready (): void {
     this.started = true
-    this.deadlines.tune(this.shortestTimeLimit())
+    this.runner.tune(this.registry.actions())
     for (const action of this.registry.actions()) this.link(action)
     for (const actions of this.topicActions.values()) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
     this.link(this.plainUnsubscribe)
-  }
-
-  /** The shortest positive action time limit, which sets the precision of the deadline sweep. */
-  private shortestTimeLimit (): number {
-    let shortest = this.options.actionTimeout > 0 ? this.options.actionTimeout : Infinity
-    for (const action of this.registry.actions()) {
-      if (action.timeout !== undefined && action.timeout > 0) shortest = Math.min(shortest, action.timeout)
-    }
-    return Number.isFinite(shortest) ? shortest : 10_000
   }
 
   /** Scope hooks from the root down to the action's scope, then the action's own. */
@@ -125,50 +123,17 @@ export class Runtime implements ContextHost {
     action.hasHooks = ACTION_HOOKS.some(name => chain[name].length > 0)
   }
 
-  // ---- connections ------------------------------------------------------------------------
-
-  open (socket: WebSocket, request: FastifyRequest): void {
-    const conn = new Connection(socket, request, encodePublication, !this.options.disableActionLogging)
-    this.connections.add(conn)
-    this.subscriptions.add(conn, ALL_TOPIC)
-    socket.on('message', (raw: Buffer, isBinary: boolean) => {
-      try {
-        handleFrame(this, conn, raw, isBinary)
-      } catch (err) {
-        conn.log.error({ err }, 'frame handling failed')
-      }
-    })
-    socket.on('pong', () => { conn.awaitingPong = false })
-    socket.on('error', err => conn.log.warn({ err }, 'websocket error'))
-    socket.once('close', (code: number) => this.forget(conn, code))
-    if (this.appHooks.onConnect.length > 0) runSafeHooks(this.appHooks.onConnect, conn.log, 'onConnect', conn).catch(() => {})
-  }
-
-  /** A closed connection leaves no trace: subscriptions, the connection set, listeners. */
-  private forget (conn: Connection, code: number): void {
-    conn.closed = true
-    this.connections.delete(conn)
-    const topics = this.subscriptions.removeAll(conn)
-    conn.socket.removeAllListeners('message')
-    conn.socket.removeAllListeners('pong')
-    conn.log.debug({ connection: conn.id, code }, 'connection closed')
-    if (this.appHooks.onUnsubscribe.length > 0) {
-      for (const topic of topics) runSafeHooks(this.appHooks.onUnsubscribe, conn.log, 'onUnsubscribe', conn, topic).catch(() => {})
-    }
-    if (this.appHooks.onDisconnect.length > 0) runSafeHooks(this.appHooks.onDisconnect, conn.log, 'onDisconnect', conn).catch(() => {})
-  }
-
   // ---- dispatch ---------------------------------------------------------------------------
 
   /** Finds the action for an envelope, or the error that says why there is none. */
-  resolve (conn: Connection, message: Envelope): CompiledAction | Error {
+  resolve (conn: Peer, message: Envelope): CompiledAction | Error {
     if (message.resource === TOPIC_RESOURCE) return this.resolveTopicAction(conn, message)
     const actions = this.registry.resources.get(message.resource)
     if (actions === undefined) return new ResourceNotFoundError(message.resource)
     return actions.get(message.action) ?? new ActionNotFoundError(message.action, message.resource)
   }
 
-  private resolveTopicAction (conn: Connection, message: Envelope): CompiledAction | Error {
+  private resolveTopicAction (conn: Peer, message: Envelope): CompiledAction | Error {
     const name = message.action
     if (name !== 'subscribe' && name !== 'unsubscribe') return new ActionNotFoundError(name, TOPIC_RESOURCE)
     if (!topicData.Check(message.data)) {
@@ -185,19 +150,19 @@ export class Runtime implements ContextHost {
   /** The built-in `$topic` actions of one declared topic, dispatched in its scope like any action. */
   private topicAction (scope: FastifyInstance, name: 'subscribe' | 'unsubscribe', declared: DeclaredTopic | undefined): CompiledAction {
     const rt = this
-    async function subscribe (message: Envelope, ctx: { connection: Connection }) {
+    async function subscribe (message: Envelope, ctx: { connection: DrizzleConnection }) {
       const topic = (message.data as { topic: string }).topic
       const authorize = declared?.options.authorize
       if (authorize !== undefined) {
         const params = rt.patterns.match(topic)?.params ?? {}
         if (await authorize(ctx, params) !== true) throw new ForbiddenError(`Not allowed to subscribe to "${topic}"`)
       }
-      await rt.subscribe(ctx.connection, topic)
+      await rt.subscribe(ctx.connection as Peer, topic)
       return { topic, subscribed: true }
     }
-    async function unsubscribe (message: Envelope, ctx: { connection: Connection }) {
+    async function unsubscribe (message: Envelope, ctx: { connection: DrizzleConnection }) {
       const topic = (message.data as { topic: string }).topic
-      await rt.unsubscribe(ctx.connection, topic)
+      await rt.unsubscribe(ctx.connection as Peer, topic)
       return { topic, subscribed: false }
     }
     return compileAction(scope, TOPIC_RESOURCE, name, name === 'subscribe' ? subscribe : unsubscribe)
@@ -205,14 +170,14 @@ export class Runtime implements ContextHost {
 
   // ---- topics -----------------------------------------------------------------------------
 
-  async subscribe (conn: Connection, topic: string): Promise<boolean> {
+  async subscribe (conn: Peer, topic: string): Promise<boolean> {
     checkTopic(topic)
     if (conn.closed || !this.subscriptions.add(conn, topic)) return false
     if (this.appHooks.onSubscribe.length > 0) await runSafeHooks(this.appHooks.onSubscribe, conn.log, 'onSubscribe', conn, topic)
     return true
   }
 
-  async unsubscribe (conn: Connection, topic: string): Promise<boolean> {
+  async unsubscribe (conn: Peer, topic: string): Promise<boolean> {
     checkTopic(topic)
     if (!this.subscriptions.remove(conn, topic)) return false
     if (this.appHooks.onUnsubscribe.length > 0) await runSafeHooks(this.appHooks.onUnsubscribe, conn.log, 'onUnsubscribe', conn, topic)
@@ -238,37 +203,6 @@ export class Runtime implements ContextHost {
   }
 
   private deliverJson (topic: string, json: string, event: string | undefined): void {
-    this.subscriptions.deliver(topic, json, event, this.sendPublication)
-  }
-
-  /** Writes a publication unless the socket is a slow consumer; then drops it or closes the socket. */
-  private readonly sendPublication = (conn: Connection, frame: Buffer): boolean => {
-    // A slow consumer being closed stays subscribed until its close completes (up to ws's
-    // closeTimeout): skip it quietly instead of closing and logging it again for every publication.
-    if (conn.closed) return false
-    if (conn.socket.bufferedAmount > this.options.maxBufferedBytes) {
-      if (this.options.slowConsumer === 'close') {
-        conn.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed', { bufferedAmount: conn.socket.bufferedAmount })
-      }
-      return false
-    }
-    return conn.write(frame)
-  }
-
-  // ---- shutdown ---------------------------------------------------------------------------
-
-  actionSettled (): void {
-    if (this.inFlight === 0 && this.drained !== undefined) this.drained()
-  }
-
-  /** Resolves when no action is in flight, or after `ms`. */
-  waitForActions (ms: number): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve()
-    return new Promise(resolve => {
-      const timer = setTimeout(finish, ms)
-      const rt = this
-      function finish () { clearTimeout(timer); rt.drained = undefined; resolve() }
-      this.drained = finish
-    })
+    this.subscriptions.deliver(topic, json, event)
   }
 }

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Static, TSchema } from 'typebox'
 import { buildAsyncApi, serverOf, type AsyncApiCallOptions, type AsyncApiDocument } from './asyncapi.js'
 import type { PublishOptions } from './brokers/types.js'
-import type { DrizzleConnection } from './connection.js'
+import type { DrizzleConnection } from './context.js'
 import type { Runtime } from './runtime.js'
 import type {
   ActionFor, ActionHook, ActionSchema, ConnectionHook, DrizzleResource, DrizzleTopic, OnErrorHook, OnSendHook, SubscriptionHook,

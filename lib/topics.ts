@@ -1,5 +1,4 @@
 import type { FastifyInstance } from 'fastify'
-import type { Connection } from './connection.js'
 import type { Broker } from './brokers/types.js'
 import { InvalidTopicError, DuplicateTopicError, describe } from './errors.js'
 import { encodePublicationJson, MAX_NAME_LENGTH } from './protocol.js'
@@ -7,6 +6,14 @@ import { encodePublicationJson, MAX_NAME_LENGTH } from './protocol.js'
 export const ALL_TOPIC = '__all__'
 
 export type TopicParams = Record<string, string>
+
+/** What the subscription registry needs of a connection; the WebSocket transport's Connection is one. */
+export interface Subscriber {
+  /** The topics it receives, kept by Subscriptions. */
+  readonly topics: Set<string>
+  /** Writes a publication frame, unless the subscriber is too slow or closed; true when written. */
+  sendPublication (frame: Buffer): boolean
+}
 
 export interface TopicOptions<Ctx = unknown> {
   /** Decides whether a client may subscribe itself; return false (or throw a 401/403 error) to refuse. */
@@ -104,11 +111,11 @@ function matchSegments (declared: DeclaredTopic, parts: readonly string[]): Topi
  * subscribers; the broker is told when a topic gains its first subscriber or loses its last.
  */
 export class Subscriptions {
-  readonly byTopic = new Map<string, Set<Connection>>()
+  readonly byTopic = new Map<string, Set<Subscriber>>()
 
   constructor (private readonly broker: Broker, private readonly onBrokerError: (err: unknown, op: string, topic: string) => void) {}
 
-  add (conn: Connection, topic: string): boolean {
+  add (conn: Subscriber, topic: string): boolean {
     if (conn.topics.has(topic)) return false
     let subscribers = this.byTopic.get(topic)
     if (subscribers === undefined) {
@@ -121,7 +128,7 @@ export class Subscriptions {
     return true
   }
 
-  remove (conn: Connection, topic: string): boolean {
+  remove (conn: Subscriber, topic: string): boolean {
     if (!conn.topics.delete(topic)) return false
     const subscribers = this.byTopic.get(topic)
     if (subscribers !== undefined) {
@@ -135,20 +142,20 @@ export class Subscriptions {
   }
 
   /** Drops every subscription of a closed connection, so nothing keeps a reference to it. */
-  removeAll (conn: Connection): string[] {
+  removeAll (conn: Subscriber): string[] {
     const topics = [...conn.topics]
     for (const topic of topics) this.remove(conn, topic)
     return topics
   }
 
   /** Serializes once, then writes the same frame to each local subscriber. Returns how many got it. */
-  deliver (topic: string, json: string, event: string | undefined, send: (conn: Connection, frame: Buffer) => boolean): number {
+  deliver (topic: string, json: string, event: string | undefined): number {
     const subscribers = this.byTopic.get(topic)
     if (subscribers === undefined) return 0
     // Encoded to UTF-8 once here, not once per subscriber by ws (which encodes every string it sends).
     const frame = Buffer.from(encodePublicationJson(topic, json, event))
     let delivered = 0
-    for (const conn of subscribers) if (send(conn, frame)) delivered++
+    for (const conn of subscribers) if (conn.sendPublication(frame)) delivered++
     return delivered
   }
 }

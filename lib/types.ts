@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { Static, TSchema } from 'typebox'
 import type { ActionContext } from './context.js'
-import type { DrizzleConnection } from './connection.js'
+import type { DrizzleConnection } from './context.js'
 import type { Envelope } from './protocol.js'
 import type { TopicParams } from './topics.js'
 

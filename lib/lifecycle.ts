@@ -1,0 +1,198 @@
+import { STATUS_CODES } from 'node:http'
+import { performance } from 'node:perf_hooks'
+import type { ActionContext } from './context.js'
+import { Deadlines, type DeadlineEntry } from './deadlines.js'
+import { ActionTimeoutError, InternalError, validationError } from './errors.js'
+import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
+import { dataErrors, type Envelope, type WireError } from './protocol.js'
+import type { CompiledAction } from './resources.js'
+
+// The life of one action, whatever carried it (a WebSocket frame or an HTTP request): hooks,
+// validation, handler, onSend, reply serialization, errors, and the time limit. A transport builds an
+// Invocation and says how to answer it; this module never touches a socket or a reply object.
+
+/** How a transport answers an invocation: exactly one of the two is called, once. */
+export interface Answer {
+  /** The handler's result, serialized by the action's reply serializer. */
+  reply (invocation: Invocation, json: string): void
+  /** What the client may see of a failure (or of the time limit running out). */
+  fail (invocation: Invocation, error: WireError): void
+  /** The handler has ended (after the answer, or long after a timeout). */
+  ended (invocation: Invocation): void
+}
+
+/** One action being run: what the lifecycle tracks beside the handler's context. */
+export class Invocation implements DeadlineEntry {
+  /** When the action started (performance.now()), for the response time. */
+  readonly started = performance.now()
+  /** Set when the time limit ran out and the client was answered ACTION_TIMEOUT. */
+  timedOut = false
+  deadline = 0
+  prevDeadline: DeadlineEntry | undefined = undefined
+  nextDeadline: DeadlineEntry | undefined = undefined
+  tracked = false
+
+  constructor (
+    readonly action: CompiledAction,
+    readonly message: Envelope,
+    readonly ctx: ActionContext,
+    readonly answer: Answer
+  ) {}
+}
+
+/**
+ * Runs actions and keeps their time limits with one sweep (lib/deadlines.ts), for every transport.
+ * Counts the actions in flight, so shutdown can wait for them.
+ */
+export class ActionRunner {
+  /** Actions whose handler has not ended yet, timed-out ones included. */
+  inFlight = 0
+  private readonly deadlines = new Deadlines<Invocation>(invocation => this.expire(invocation))
+  private drained: (() => void) | undefined
+
+  constructor (private readonly defaultLimit: number) {}
+
+  /** An action's time limit in ms: its own `timeout`, else the plugin's `actionTimeout` (0: none). */
+  timeLimit (action: CompiledAction): number {
+    return action.timeout ?? this.defaultLimit
+  }
+
+  /** Sets the sweep's precision from the shortest time limit in use. */
+  tune (actions: Iterable<CompiledAction>): void {
+    let shortest = this.defaultLimit > 0 ? this.defaultLimit : Infinity
+    for (const action of actions) {
+      if (action.timeout !== undefined && action.timeout > 0) shortest = Math.min(shortest, action.timeout)
+    }
+    this.deadlines.tune(Number.isFinite(shortest) ? shortest : 10_000)
+  }
+
+  /**
+   * Runs the action and answers it once, then tells the transport the handler has ended: a timed-out
+   * handler keeps its place in `inFlight` until then, so handlers that hang stay counted. Never rejects.
+   */
+  async run (invocation: Invocation): Promise<void> {
+    this.inFlight++
+    const limit = this.timeLimit(invocation.action)
+    if (limit > 0) this.deadlines.add(invocation, limit)
+    let json: string | undefined
+    let error: WireError | undefined
+    try {
+      json = await execute(invocation.action, invocation.message, invocation.ctx)
+    } catch (err) {
+      // After a timeout a late failure changes nothing: the client was answered already.
+      if (!invocation.timedOut) error = await failure(invocation, err)
+    }
+    if (limit > 0) this.deadlines.delete(invocation)
+    try {
+      if (!invocation.timedOut) {
+        if (json !== undefined) invocation.answer.reply(invocation, json)
+        else invocation.answer.fail(invocation, error as WireError)
+      }
+    } catch (err) {
+      invocation.ctx.log.error({ err }, 'answering the action failed')
+    }
+    this.inFlight--
+    if (this.inFlight === 0 && this.drained !== undefined) this.drained()
+    invocation.answer.ended(invocation)
+  }
+
+  /** The sweep found an action overdue: answer ACTION_TIMEOUT now and run onTimeout. */
+  private expire (invocation: Invocation): void {
+    invocation.timedOut = true
+    failure(invocation, new ActionTimeoutError(this.timeLimit(invocation.action)))
+      .then(error => invocation.answer.fail(invocation, error))
+      .catch(err => invocation.ctx.log.error({ err }, 'action timeout handling failed'))
+  }
+
+  /** Resolves when no action is in flight, or after `ms`. */
+  waitForActions (ms: number): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve()
+    return new Promise(resolve => {
+      const finish = (): void => { clearTimeout(timer); this.drained = undefined; resolve() }
+      const timer = setTimeout(finish, ms)
+      this.drained = finish
+    })
+  }
+
+  close (): void {
+    this.deadlines.close()
+  }
+}
+
+/** Hooks, validation, handler, onSend, serialization: resolves to the serialized data. */
+async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string> {
+  if (!action.hasHooks) {
+    validate(action, message)
+    return action.serialize(await action.handler.call(action.scope, message, ctx))
+  }
+  const hooks = action.hooks
+  if (hooks.onRequest.length > 0) await runHooks(hooks.onRequest, message, ctx)
+  if (hooks.preValidation.length > 0) await runHooks(hooks.preValidation, message, ctx)
+  validate(action, message)
+  if (hooks.preHandler.length > 0) await runHooks(hooks.preHandler, message, ctx)
+  let data = await action.handler.call(action.scope, message, ctx)
+  if (hooks.onSend.length > 0) data = await runSendHooks(hooks.onSend, message, ctx, data)
+  return action.serialize(data)
+}
+
+function validate (action: CompiledAction, message: Envelope): void {
+  const validator = action.validator
+  if (validator === undefined || validator.Check(message.data)) return
+  // Errors() is ~100x dearer than Check(): only called once Check failed.
+  const details = dataErrors(validator.Errors(message.data))
+  const first = details[0]
+  throw validationError(first === undefined ? '"data" is invalid' : `"${first.path.slice(1)}" ${first.message}`, details)
+}
+
+/** Logs 5xx with the real error, runs onError (or onTimeout), and returns what the client may see. */
+async function failure (invocation: Invocation, err: unknown): Promise<WireError> {
+  const { action, message, ctx } = invocation
+  const wire = toWireError(err)
+  ctx.statusCode = wire.statusCode
+  const timedOut = wire.code === 'ACTION_TIMEOUT'
+  if (wire.statusCode >= 500) ctx.log.error({ err }, timedOut ? 'action timed out' : 'action failed')
+  const hooks = timedOut ? action.hooks.onTimeout : action.hooks.onError
+  if (hooks.length > 0) await runSafeHooks(hooks, ctx.log, timedOut ? 'onTimeout' : 'onError', message, ctx, err)
+  return wire
+}
+
+/** onResponse hooks, once the transport has answered; their errors are only logged. */
+export async function runResponseHooks (invocation: Invocation): Promise<void> {
+  const hooks = invocation.action.hooks.onResponse
+  if (hooks.length > 0) await runSafeHooks(hooks, invocation.ctx.log, 'onResponse', invocation.message, invocation.ctx)
+}
+
+const INTERNAL = new InternalError()
+
+// Our own 5xx errors that are safe to show: they say nothing about the app's internals.
+const PUBLIC_5XX = new Set(['ACTION_TIMEOUT', 'SERVICE_UNAVAILABLE'])
+
+/**
+ * What the client may learn of an error: errors with a statusCode below 500 pass through with their
+ * code, message and details; anything else becomes INTERNAL_ERROR "Unknown error".
+ */
+export function toWireError (err: unknown): WireError {
+  if (err !== null && typeof err === 'object') {
+    const e = err as { statusCode?: unknown, status?: unknown, code?: unknown, message?: unknown, details?: unknown }
+    const status = typeof e.statusCode === 'number' ? e.statusCode : e.status
+    const code = typeof e.code === 'string' && e.code.length > 0 ? e.code : undefined
+    if (typeof status === 'number' && Number.isInteger(status) && status >= 400 && status < 500) {
+      return {
+        code: code ?? codeOfStatus(status),
+        message: typeof e.message === 'string' ? e.message : String(STATUS_CODES[status] ?? 'Error'),
+        statusCode: status,
+        details: e.details
+      }
+    }
+    if (code !== undefined && PUBLIC_5XX.has(code) && typeof status === 'number') {
+      return { code, message: String(e.message), statusCode: status }
+    }
+  }
+  return { code: INTERNAL.code, message: INTERNAL.message, statusCode: 500 }
+}
+
+/** `409` -> `CONFLICT`, for errors (e.g. http-errors) that carry a status but no code. */
+function codeOfStatus (status: number): string {
+  const text = STATUS_CODES[status]
+  return text === undefined ? `HTTP_${status}` : text.toUpperCase().replace(/[^A-Z0-9]+/g, '_').replace(/^_|_$/g, '')
+}

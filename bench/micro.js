@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events'
 import { PerformanceObserver } from 'node:perf_hooks'
 import Fastify from 'fastify'
 import drizzle from '../node_modules/.cache/fastify-drizzle-bench/index.js'
+import { Connection } from '../node_modules/.cache/fastify-drizzle-bench/connection.js'
 
 const N = 200_000
 let gcRuns = 0
@@ -24,7 +25,7 @@ function fakeSocket () {
 
 // fastify-drizzle: a connection opened on a fake socket, as the route's wsHandler does.
 const drizzleSocket = fakeSocket()
-app.drizzle.rt.open(drizzleSocket, { log: app.log, headers: {} })
+new Connection(drizzleSocket, { log: app.log, headers: {} }, app.drizzle.rt).open()
 
 // bare: parse, check the fields, dispatch to the function, JSON.stringify the reply.
 const handlers = new Map([['bench', new Map([['echo', async (data) => data]])]])

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
-import { ActionContext, type DrizzleConnectionStore } from './context.js'
-import { ShuttingDownError, TooManyRequestsError } from './errors.js'
+import { ActionContext, controllerOf, type DrizzleConnectionStore } from './context.js'
+import { ConnectionClosedError, ShuttingDownError, TooManyRequestsError } from './errors.js'
 import { runSafeHooks } from './hooks.js'
 import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecycle.js'
 import { encodeError, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
@@ -23,8 +23,15 @@ const OPEN = 1
 export const CLOSE = {
   GOING_AWAY: 1001,
   POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
   TRY_AGAIN_LATER: 1013
 } as const
+
+/** ws's errors for a peer that broke the protocol (bad opcode, oversized message...): ws closes it itself. */
+export function isProtocolError (err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && code.startsWith('WS_ERR_')
+}
 
 /** A Buffer holding UTF-8 JSON still goes out as a text frame. */
 const TEXT_FRAME = { binary: false }
@@ -51,7 +58,33 @@ function uncorkAll (): void {
   corked.length = 0
 }
 
-interface RawSocket { cork (): void, uncork (): void, writableLength: number, destroyed: boolean }
+/** The Connection of a TCP socket, for the listeners below (one function for all sockets, no closure each). */
+const kConnection = Symbol('fastify-drizzle.connection')
+
+interface RawSocket {
+  cork (): void
+  uncork (): void
+  pause (): void
+  on (event: 'data', listener: (this: RawSocket) => void): void
+  once (event: 'drain', listener: (this: RawSocket) => void): void
+  writableLength: number
+  destroyed: boolean
+  [kConnection]?: Connection
+}
+
+/** ws's message parser; its fields say how much of an unfinished message it holds (ws 8). */
+interface Receiver { _bufferedBytes: number, _totalPayloadLength: number }
+
+function onRawData (this: RawSocket): void { this[kConnection]?.measureIncomplete() }
+
+function onRawDrain (this: RawSocket): void { this[kConnection]?.drained() }
+
+/**
+ * Buffered bytes below this are ordinary (a turn's corked frames) and not counted toward
+ * maxBufferedBytesTotal; above it the TCP socket surely emits 'drain' when it empties (its
+ * highWaterMark is 16 KiB), which is when the count is corrected.
+ */
+const BACKLOG = 64 * 1024
 
 export class Connection implements Peer, Answer {
   readonly id = randomUUID()
@@ -70,6 +103,16 @@ export class Connection implements Peer, Answer {
   private readonly logsActions: boolean
   /** The TCP socket under the WebSocket while it is corked by write(). */
   private corkedSocket: RawSocket | undefined
+  /** Signals of actions in flight that handlers asked for (ctx.signal), aborted on close. */
+  private signals: Set<AbortController> | undefined
+  /** This socket's share of rt.totals.buffered: its bufferedAmount when last measured, if >= BACKLOG. */
+  private backlog = 0
+  /** Whether a 'drain' listener waits to correct `backlog`. */
+  private watchingDrain = false
+  /** This socket's share of rt.totals.incomplete: bytes of unfinished messages ws holds for it. */
+  private incomplete = 0
+  /** When the unfinished data last started, or last shrank (a message completed). */
+  private incompleteSince = 0
 
   constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly rt: Runtime) {
     this.log = request.log
@@ -91,8 +134,15 @@ export class Connection implements Peer, Answer {
       }
     })
     this.socket.on('pong', () => { this.awaitingPong = false })
-    this.socket.on('error', err => this.log.warn({ err }, 'websocket error'))
+    // Protocol violations are logged once, by the plugin's @fastify/websocket errorHandler.
+    this.socket.on('error', err => { if (!isProtocolError(err)) this.log.debug({ err }, 'websocket error') })
     this.socket.once('close', (code: number) => this.handleClose(code))
+    const raw = this.rawSocket()
+    if (raw !== undefined) {
+      raw[kConnection] = this
+      // After ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished.
+      raw.on('data', onRawData)
+    }
     if (rt.appHooks.onConnect.length > 0) runSafeHooks(rt.appHooks.onConnect, this.log, 'onConnect', this).catch(() => {})
   }
 
@@ -159,6 +209,8 @@ export class Connection implements Peer, Answer {
     }
     const maxInFlight = this.rt.options.maxInFlight
     if (this.inFlight >= maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${maxInFlight})`)
+    const maxTotal = this.rt.options.maxInFlightTotal
+    if (this.rt.runner.inFlight >= maxTotal) return new TooManyRequestsError(`Too many requests in flight on the server (limit ${maxTotal})`)
     return undefined
   }
 
@@ -186,15 +238,57 @@ export class Connection implements Peer, Answer {
     return true
   }
 
-  /** A closed connection leaves no trace: subscriptions, the connection set, listeners. */
+  /**
+   * Counts the bytes ws holds for messages not yet complete (fragments, a partly received frame) in
+   * the total of all sockets. The socket that takes the total past maxIncompleteBytesTotal is closed
+   * with 1009 and no longer read: peers that never finish their messages cannot add up.
+   */
+  measureIncomplete (): void {
+    const receiver = (this.socket as unknown as { _receiver?: Receiver | null })._receiver
+    if (receiver == null) return
+    const held = receiver._bufferedBytes + receiver._totalPayloadLength
+    const before = this.incomplete
+    if (held === before) return
+    // Started, or shrank because a message completed: the time limit counts from now.
+    if (before === 0 || held < before) this.incompleteSince = performance.now()
+    const totals = this.rt.totals
+    totals.incomplete += held - before
+    this.incomplete = held
+    if (held > before && totals.incomplete > this.rt.options.maxIncompleteBytesTotal) {
+      this.stopReading(CLOSE.MESSAGE_TOO_BIG, 'Too much unfinished data on the server', { incompleteBytes: held, incompleteTotal: totals.incomplete })
+    }
+  }
+
+  /** The sweep's check: a message unfinished for longer than incompleteTimeout closes the socket with 1008. */
+  checkIncomplete (now: number): void {
+    const limit = this.rt.options.incompleteTimeout
+    if (this.incomplete === 0 || limit === 0 || now - this.incompleteSince < limit || this.isClosed) return
+    this.stopReading(CLOSE.POLICY_VIOLATION, 'Message not completed in time', { incompleteBytes: this.incomplete, ms: Math.round(now - this.incompleteSince) })
+  }
+
+  /** Closes for unfinished data and reads no more: the close handshake then ends by ws's closeTimeout. */
+  private stopReading (code: number, reason: string, fields: Record<string, unknown>): void {
+    this.shut(code, reason, 'connection closed: ' + reason.toLowerCase(), fields)
+    this.rawSocket()?.pause()
+  }
+
+  /** A closed connection leaves no trace: subscriptions, the connection set, listeners, its shares of the totals. */
   private handleClose (code: number): void {
     const rt = this.rt
     this.isClosed = true
+    rt.totals.buffered -= this.backlog
+    rt.totals.incomplete -= this.incomplete
+    this.backlog = this.incomplete = 0
     rt.connections.delete(this)
     const topics = rt.subscriptions.removeAll(this)
     this.socket.removeAllListeners('message')
     this.socket.removeAllListeners('pong')
     this.log.debug({ connection: this.id, code }, 'connection closed')
+    if (this.signals !== undefined) {
+      const reason = new ConnectionClosedError()
+      for (const controller of this.signals) controller.abort(reason)
+      this.signals = undefined
+    }
     if (rt.appHooks.onUnsubscribe.length > 0) {
       for (const topic of topics) runSafeHooks(rt.appHooks.onUnsubscribe, this.log, 'onUnsubscribe', this, topic).catch(() => {})
     }
@@ -216,8 +310,21 @@ export class Connection implements Peer, Answer {
   }
 
   /** The handler has ended (Answer): its in-flight slot is free. */
-  ended (): void {
+  ended (invocation: Invocation): void {
     this.inFlight--
+    if (this.signals !== undefined && this.signals.size > 0) {
+      const controller = controllerOf(invocation.ctx)
+      if (controller !== undefined) this.signals.delete(controller)
+    }
+  }
+
+  abortOnClose (controller: AbortController): void {
+    if (this.isClosed) {
+      controller.abort(new ConnectionClosedError())
+      return
+    }
+    this.signals ??= new Set()
+    this.signals.add(controller)
   }
 
   /** The "action completed" line, then onResponse hooks (whose errors are only logged). */
@@ -236,9 +343,9 @@ export class Connection implements Peer, Answer {
    * slowConsumer policy says.
    */
   private sendReply (frame: string): void {
-    const buffered = this.socket.bufferedAmount
-    if (buffered > 2 * this.rt.options.maxBufferedBytes) {
-      this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed: replies not read', { bufferedAmount: buffered })
+    const buffered = this.measureBacklog()
+    if (buffered > 2 * this.rt.options.maxBufferedBytes || this.overTotal(buffered)) {
+      this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed: replies not read', { bufferedAmount: buffered, bufferedTotal: this.rt.totals.buffered })
       return
     }
     this.write(frame)
@@ -249,14 +356,48 @@ export class Connection implements Peer, Answer {
     // A slow consumer being closed stays subscribed until its close completes (up to ws's
     // closeTimeout): skip it quietly instead of closing and logging it again for every publication.
     if (this.isClosed) return false
-    const buffered = this.socket.bufferedAmount
-    if (buffered > this.rt.options.maxBufferedBytes) {
+    const buffered = this.measureBacklog()
+    if (buffered > this.rt.options.maxBufferedBytes || this.overTotal(buffered)) {
       if (this.rt.options.slowConsumer === 'close') {
-        this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed', { bufferedAmount: buffered })
+        this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed', { bufferedAmount: buffered, bufferedTotal: this.rt.totals.buffered })
       }
       return false
     }
     return this.write(frame)
+  }
+
+  /**
+   * The socket's bufferedAmount, also counted in rt.totals.buffered when it is a backlog (>= BACKLOG);
+   * the count is corrected at the next write or when the TCP socket drains.
+   */
+  measureBacklog (): number {
+    const buffered = this.socket.bufferedAmount
+    const counted = buffered >= BACKLOG ? buffered : 0
+    const before = this.backlog
+    if (counted !== before) {
+      this.rt.totals.buffered += counted - before
+      this.backlog = counted
+      if (counted > 0 && !this.watchingDrain) {
+        this.watchingDrain = true
+        this.rawSocket()?.once('drain', onRawDrain)
+      }
+    }
+    return buffered
+  }
+
+  /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */
+  drained (): void {
+    this.watchingDrain = false
+    this.measureBacklog()
+  }
+
+  /** Past maxBufferedBytesTotal, every socket with a backlog is a slow consumer. */
+  private overTotal (buffered: number): boolean {
+    return buffered >= BACKLOG && this.rt.totals.buffered > this.rt.options.maxBufferedBytesTotal
+  }
+
+  private rawSocket (): RawSocket | undefined {
+    return (this.socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
   }
 
   send (topic: string, data: unknown, event?: string): boolean {
@@ -268,7 +409,7 @@ export class Connection implements Peer, Answer {
     if (this.isClosed || this.socket.readyState !== OPEN) return false
     let raw = this.corkedSocket
     if (raw === undefined) {
-      raw = (this.socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
+      raw = this.rawSocket()
       if (raw !== undefined && !raw.destroyed) {
         raw.cork()
         this.corkedSocket = raw

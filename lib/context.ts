@@ -29,6 +29,20 @@ export interface ContextHost<C extends DrizzleConnection = DrizzleConnection> {
   subscribe (conn: C, topic: string): Promise<boolean>
   unsubscribe (conn: C, topic: string): Promise<boolean>
   publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void>
+  /** Aborts `controller` when the connection closes (at once if it has); optional: HTTP has none. */
+  abortOnClose? (conn: C, controller: AbortController): void
+}
+
+/** The AbortController behind `ctx.signal`, made only when a handler reads it. */
+const controllers = new WeakMap<ActionContext, AbortController>()
+
+/** Aborts a context's signal (time limit, connection closed), if its handler asked for one. */
+export function abortContext (ctx: ActionContext, reason: unknown): void {
+  controllers.get(ctx)?.abort(reason)
+}
+
+export function controllerOf (ctx: ActionContext): AbortController | undefined {
+  return controllers.get(ctx)
 }
 
 /**
@@ -58,6 +72,22 @@ export class ActionContext {
   get log (): FastifyBaseLogger {
     this.childLog ??= this.conn.log.child({ resource: this.resource, action: this.action, request_id: this.requestId })
     return this.childLog
+  }
+
+  /**
+   * Aborts when the action runs out of time (reason: the ACTION_TIMEOUT error) or its connection
+   * closes (reason: a CONNECTION_CLOSED error), so the handler can stop what it waits for:
+   * `await db.query(sql, { signal: ctx.signal })`, `fetch(url, { signal: ctx.signal })`. Made on
+   * first read: actions that never read it pay nothing.
+   */
+  get signal (): AbortSignal {
+    let controller = controllers.get(this)
+    if (controller === undefined) {
+      controller = new AbortController()
+      controllers.set(this, controller)
+      this.host.abortOnClose?.(this.conn, controller)
+    }
+    return controller.signal
   }
 
   /** Subscribes the calling connection; resolves to false when it was already subscribed. */

@@ -124,6 +124,8 @@ async function emptyJsonIsNoBody (request: FastifyRequest, _reply: FastifyReply,
 async function handle (rt: Runtime, action: CompiledAction, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
   const message = envelopeOf(action, request)
   if (message instanceof Error) return sendError(reply, { code: 'VALIDATION_ERROR', message: message.message, statusCode: 400, details: message.details })
+  const maxTotal = rt.options.maxInFlightTotal
+  if (rt.runner.inFlight >= maxTotal) return sendError(reply, { code: 'TOO_MANY_REQUESTS', message: `Too many requests in flight on the server (limit ${maxTotal})`, statusCode: 429 })
   const ctx = new ActionContext(hostOf(rt), new HttpConnection(request), action.resource, action.action, request.id, action.scope)
   return await new Promise<FastifyReply>(resolve => {
     const invocation = new Invocation(action, message, ctx, new HttpAnswer(reply, resolve))

@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http'
 import { performance } from 'node:perf_hooks'
-import type { ActionContext } from './context.js'
+import { abortContext, type ActionContext } from './context.js'
 import { Deadlines, type DeadlineEntry } from './deadlines.js'
 import { ActionTimeoutError, InternalError, validationError } from './errors.js'
 import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
@@ -99,7 +99,9 @@ export class ActionRunner {
   /** The sweep found an action overdue: answer ACTION_TIMEOUT now and run onTimeout. */
   private expire (invocation: Invocation): void {
     invocation.timedOut = true
-    failure(invocation, new ActionTimeoutError(this.timeLimit(invocation.action)))
+    const error = new ActionTimeoutError(this.timeLimit(invocation.action))
+    abortContext(invocation.ctx, error)
+    failure(invocation, error)
       .then(error => invocation.answer.fail(invocation, error))
       .catch(err => invocation.ctx.log.error({ err }, 'action timeout handling failed'))
   }

@@ -28,6 +28,10 @@ export interface DrizzleOptions {
   maxPayload?: number
   /** Requests a connection may have in flight; more get TOO_MANY_REQUESTS. */
   maxInFlight?: number
+  /** Actions in flight across all connections (those of closed connections count until they end); more get TOO_MANY_REQUESTS. */
+  maxInFlightTotal?: number
+  /** Topics a connection may be subscribed to (`__all__` not counted); more get TOO_MANY_SUBSCRIPTIONS. */
+  maxSubscriptions?: number
   /** Requests per connection per window; more get TOO_MANY_REQUESTS. `false` disables. */
   rateLimit?: RateLimitOptions | false
   /** Open connections in total; further upgrades are refused with 503. */
@@ -36,6 +40,12 @@ export interface DrizzleOptions {
   actionTimeout?: number
   /** Bytes a socket may have buffered before it counts as a slow consumer. */
   maxBufferedBytes?: number
+  /** Bytes buffered for all sockets together; past it, every socket with a backlog counts as a slow consumer. */
+  maxBufferedBytesTotal?: number
+  /** Bytes of unfinished (fragmented or partly received) messages held for all sockets together; the socket that passes it is closed with 1009. */
+  maxIncompleteBytesTotal?: number
+  /** Milliseconds a message may stay unfinished before its socket is closed with 1008; 0 disables. */
+  incompleteTimeout?: number
   /** A slow consumer's fate: `drop` publications for it, or `close` it with 1013. */
   slowConsumer?: 'drop' | 'close'
   /** Milliseconds between pings; a peer that missed the previous pong is terminated. 0 disables. */
@@ -89,10 +99,15 @@ export const DEFAULTS = {
   onConstructorPoisoning: 'ignore' as ProtoAction,
   maxPayload: 1024 * 1024,
   maxInFlight: 1024,
+  maxInFlightTotal: 10_000,
+  maxSubscriptions: 1024,
   rateLimit: { max: 10_000, timeWindow: 1000 } as RateLimitOptions | false,
   maxConnections: 10_000,
   actionTimeout: 30_000,
   maxBufferedBytes: 4 * 1024 * 1024,
+  maxBufferedBytesTotal: 128 * 1024 * 1024,
+  maxIncompleteBytesTotal: 32 * 1024 * 1024,
+  incompleteTimeout: 10_000,
   slowConsumer: 'close' as 'drop' | 'close',
   heartbeatInterval: 30_000,
   closeGracePeriod: 5_000,
@@ -111,7 +126,8 @@ export type ResolvedOptions = Required<Omit<DrizzleOptions, 'broker' | 'allowedO
 
 const PROTO_ACTIONS = ['error', 'remove', 'ignore']
 const KNOWN = new Set(['path', 'broker', 'closeBroker', 'disableActionLogging', 'onProtoPoisoning', 'onConstructorPoisoning',
-  'maxPayload', 'maxInFlight', 'rateLimit', 'maxConnections', 'actionTimeout', 'maxBufferedBytes', 'slowConsumer',
+  'maxPayload', 'maxInFlight', 'maxInFlightTotal', 'maxSubscriptions', 'rateLimit', 'maxConnections', 'actionTimeout',
+  'maxBufferedBytes', 'maxBufferedBytesTotal', 'maxIncompleteBytesTotal', 'incompleteTimeout', 'slowConsumer',
   'heartbeatInterval', 'allowedOrigins', 'closeGracePeriod', 'websocket', 'http', 'asyncapi'])
 
 function fail (name: string, expected: string, received: unknown): never {
@@ -159,10 +175,15 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     onConstructorPoisoning: oneOf(options, 'onConstructorPoisoning', PROTO_ACTIONS),
     maxPayload: integer(options, 'maxPayload', 1),
     maxInFlight: integer(options, 'maxInFlight', 1),
+    maxInFlightTotal: integer(options, 'maxInFlightTotal', 1),
+    maxSubscriptions: integer(options, 'maxSubscriptions', 1),
     rateLimit: checkRateLimit(options.rateLimit),
     maxConnections: integer(options, 'maxConnections', 1),
     actionTimeout: integer(options, 'actionTimeout', 0),
     maxBufferedBytes: integer(options, 'maxBufferedBytes', 1),
+    maxBufferedBytesTotal: integer(options, 'maxBufferedBytesTotal', 1),
+    maxIncompleteBytesTotal: integer(options, 'maxIncompleteBytesTotal', 1),
+    incompleteTimeout: integer(options, 'incompleteTimeout', 0),
     slowConsumer: oneOf(options, 'slowConsumer', ['drop', 'close']),
     heartbeatInterval: integer(options, 'heartbeatInterval', 0),
     closeGracePeriod: integer(options, 'closeGracePeriod', 0),

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs'
+import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
@@ -5,7 +7,7 @@ import type { WebSocket } from 'ws'
 import { addAsyncApiRoute } from './asyncapi.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { resolveOptions, type DrizzleOptions, type ResolvedOptions } from './options.js'
-import { CLOSE, Connection } from './connection.js'
+import { CLOSE, Connection, isProtocolError } from './connection.js'
 import { serveOverHttp } from './http.js'
 import { Runtime } from './runtime.js'
 import { scopeGetter } from './scope.js'
@@ -15,6 +17,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   if (fastify.hasDecorator('drizzle')) throw new AlreadyRegisteredError()
   const rt = new Runtime(fastify, options, fastify.log)
   serveOverHttp(rt)
+  const fdWarning: FileLimitWatch = { threshold: Infinity, limit: Infinity, last: -Infinity }
 
   // @fastify/websocket's default preClose closes every client at once, without a code, before our
   // own hook can let actions in flight reply: when we register it, our shutdown replaces it.
@@ -24,6 +27,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
     const wsOptions = { maxPayload: options.maxPayload, closeTimeout: 1000, perMessageDeflate: false, ...options.websocket }
     await fastify.register(websocket, {
       options: wsOptions as NonNullable<Parameters<typeof websocket>[1]['options']>,
+      errorHandler: socketError,
       preClose: function (this: FastifyInstance, done: (err?: Error) => void) { shutdown(rt).then(() => done(), done) }
     })
   } else {
@@ -45,7 +49,10 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
       // completes after shutdown began would be missed by it. Both are checked again now.
       if (rt.closing) socket.close(CLOSE.GOING_AWAY, 'Server shutting down')
       else if (rt.connections.size >= rt.options.maxConnections) socket.close(CLOSE.TRY_AGAIN_LATER, 'Connection limit reached')
-      else new Connection(socket, request, rt).open()
+      else {
+        new Connection(socket, request, rt).open()
+        if (rt.connections.size >= fdWarning.threshold) warnNearFileLimit(rt, fdWarning)
+      }
     }
   })
   addAsyncApiRoute(rt, fastify)
@@ -55,6 +62,8 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
     await rt.broker.attach({ deliver: (topic, data, event) => rt.deliver(topic, data, event), log: fastify.log })
     await rt.broker.subscribe('__all__')
     startHeartbeat(rt)
+    startIncompleteSweep(rt)
+    warnIfFewFileDescriptors(rt, fdWarning)
   })
   // An app that registered @fastify/websocket itself keeps its preClose, which runs before this one.
   if (!ownsWebsocket) fastify.addHook('preClose', async function (this: FastifyInstance) { await shutdown(rt) })
@@ -121,6 +130,71 @@ function startHeartbeat (rt: Runtime): void {
   }, interval)
   timer.unref()
   rt.root.addHook('onClose', async () => clearInterval(timer))
+}
+
+/**
+ * @fastify/websocket's default error handler logs at error level with a stack and terminates the
+ * socket, right after ws queued the close frame of a protocol violation (1002, 1007, 1009): about
+ * half the peers then saw a TCP reset instead of the code. A bad frame is the peer's fault: one info
+ * line, and ws closes the socket itself (its closeTimeout ends a peer that does not answer).
+ */
+function socketError (error: Error, socket: WebSocket, request: FastifyRequest): void {
+  if (isProtocolError(error)) {
+    request.log.info({ code: (error as Error & { code: string }).code, reason: error.message }, 'websocket protocol error; closing')
+    return
+  }
+  request.log.debug({ err: error }, 'websocket error; terminating')
+  socket.terminate()
+}
+
+/** Checks unfinished incoming messages against incompleteTimeout, once a second, while there are any. */
+function startIncompleteSweep (rt: Runtime): void {
+  const limit = rt.options.incompleteTimeout
+  if (limit === 0) return
+  const timer = setInterval(() => {
+    if (rt.totals.incomplete === 0) return
+    const now = performance.now()
+    for (const conn of sockets(rt)) conn.checkIncomplete(now)
+  }, Math.min(1000, Math.max(10, Math.floor(limit / 4))))
+  timer.unref()
+  rt.root.addHook('onClose', async () => clearInterval(timer))
+}
+
+/**
+ * Past the process's open-file limit the OS refuses new sockets: libuv accepts and closes them at
+ * once, so the peers see EOF and nothing reaches the app. Say so at startup when maxConnections
+ * cannot be reached, and (at most once a minute) when connections near the limit.
+ */
+interface FileLimitWatch { threshold: number, limit: number, last: number }
+
+function warnIfFewFileDescriptors (rt: Runtime, fdWarning: FileLimitWatch): void {
+  const limit = openFileLimit()
+  if (limit === undefined) return
+  fdWarning.limit = limit
+  fdWarning.threshold = Math.floor(limit * 0.9)
+  if (rt.options.maxConnections + 64 > limit) {
+    rt.log.warn({ maxConnections: rt.options.maxConnections, openFileLimit: limit },
+      `fastify-drizzle: the open-file limit (${limit}) is below maxConnections; raise it (ulimit -n, LimitNOFILE= in systemd, --ulimit nofile= in Docker)`)
+  }
+}
+
+function warnNearFileLimit (rt: Runtime, fdWarning: FileLimitWatch): void {
+  const now = performance.now()
+  if (now - fdWarning.last < 60_000) return
+  fdWarning.last = now
+  rt.log.warn({ connections: rt.connections.size, openFileLimit: fdWarning.limit },
+    'fastify-drizzle: connections are near the open-file limit; new sockets will be refused by the OS without a trace (raise ulimit -n)')
+}
+
+/** The soft limit of open files (Linux), or undefined where it cannot be read. */
+function openFileLimit (): number | undefined {
+  try {
+    const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find(l => l.startsWith('Max open files'))
+    const soft = line === undefined ? NaN : Number(line.slice('Max open files'.length).trim().split(/\s+/)[0])
+    return Number.isFinite(soft) ? soft : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /**

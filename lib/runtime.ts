@@ -5,7 +5,7 @@ import type { Broker, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
 import type { ContextHost, DrizzleConnection } from './context.js'
 import {
-  ActionNotFoundError, AlreadyStartedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TopicNotFoundError,
+  ActionNotFoundError, AlreadyStartedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TooManySubscriptionsError, TopicNotFoundError,
   validationError, describe
 } from './errors.js'
 import {
@@ -16,7 +16,7 @@ import { ActionRunner } from './lifecycle.js'
 import type { ResolvedOptions } from './options.js'
 import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
-import { ALL_TOPIC, checkTopic, parsePattern, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
+import { ALL_TOPIC, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
 
 const TOPIC_RESOURCE = '$topic'
 const topicData = Compile(Type.Object({ topic: Type.String({ minLength: 1, maxLength: MAX_NAME_LENGTH }) }))
@@ -28,6 +28,8 @@ export interface Peer extends Subscriber, DrizzleConnection {
   readonly topics: Set<string>
   /** True once the connection stopped being served (closed, or being closed for breaking a limit). */
   readonly closed: boolean
+  /** Aborts `controller` when the connection closes. */
+  abortOnClose (controller: AbortController): void
 }
 
 /** Called with the actions of each resource declared, so a transport (HTTP) can serve them too. */
@@ -54,6 +56,8 @@ export class Runtime implements ContextHost<Peer> {
   private readonly scopeHooks = new WeakMap<object, Record<ActionHookName, CompiledHook[]>>()
   /** Unsubscribing from a topic that matches no declaration, which a handler may have subscribed. */
   private readonly plainUnsubscribe: CompiledAction
+  /** Bytes held for all connections: backlogs of slow sockets, unfinished incoming messages. */
+  readonly totals = { buffered: 0, incomplete: 0 }
   started = false
   closing = false
 
@@ -141,6 +145,8 @@ export class Runtime implements ContextHost<Peer> {
         [{ path: '/data/topic', message: `must be a non-empty string of at most ${MAX_NAME_LENGTH} characters` }])
     }
     const topic = (message.data as { topic: string }).topic
+    const problem = this.topicProblem(topic)
+    if (problem !== undefined) return validationError(`"data.topic" ${problem}`, [{ path: '/data/topic', message: problem }])
     const match = this.patterns.match(topic)
     if (match !== undefined) return (this.topicActions.get(match.declared) as TopicActions)[name]
     if (name === 'unsubscribe' && conn.topics.has(topic) && topic !== ALL_TOPIC) return this.plainUnsubscribe
@@ -170,15 +176,32 @@ export class Runtime implements ContextHost<Peer> {
 
   // ---- topics -----------------------------------------------------------------------------
 
+  /** Why a topic cannot be used here (its name, or the broker's own limits), or undefined. */
+  topicProblem (topic: unknown): string | undefined {
+    return topicProblem(topic) ?? this.broker.topicProblem?.(topic as string)
+  }
+
+  private checkTopic (topic: unknown): asserts topic is string {
+    const problem = this.topicProblem(topic)
+    if (problem !== undefined) throw new InvalidTopicError(`${problem}, received ${describe(topic)}`)
+  }
+
+  /**
+   * Subscribes a connection (resolves to false when it already was, or is closed). Refused with
+   * TOO_MANY_SUBSCRIPTIONS past `maxSubscriptions` topics, `__all__` not counted.
+   */
   async subscribe (conn: Peer, topic: string): Promise<boolean> {
-    checkTopic(topic)
-    if (conn.closed || !this.subscriptions.add(conn, topic)) return false
+    this.checkTopic(topic)
+    if (conn.closed || conn.topics.has(topic)) return false
+    const max = this.options.maxSubscriptions
+    if (conn.topics.size - (conn.topics.has(ALL_TOPIC) ? 1 : 0) >= max) throw new TooManySubscriptionsError(max)
+    this.subscriptions.add(conn, topic)
     if (this.appHooks.onSubscribe.length > 0) await runSafeHooks(this.appHooks.onSubscribe, conn.log, 'onSubscribe', conn, topic)
     return true
   }
 
   async unsubscribe (conn: Peer, topic: string): Promise<boolean> {
-    checkTopic(topic)
+    this.checkTopic(topic)
     if (!this.subscriptions.remove(conn, topic)) return false
     if (this.appHooks.onUnsubscribe.length > 0) await runSafeHooks(this.appHooks.onUnsubscribe, conn.log, 'onUnsubscribe', conn, topic)
     return true
@@ -188,13 +211,17 @@ export class Runtime implements ContextHost<Peer> {
   async publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
     const topics = typeof topic === 'string' ? [topic] : topic
     if (!Array.isArray(topics) || topics.length === 0) throw new InvalidTopicError(`expected a topic or a non-empty array of topics, received ${describe(topic)}`)
-    for (const t of topics) checkTopic(t)
+    for (const t of topics) this.checkTopic(t)
     const event = options?.event
     if (event !== undefined && typeof event !== 'string') throw new InvalidTopicError(`event must be a string, received ${describe(event)}`)
     const json = JSON.stringify(data) ?? 'null'
     for (const t of topics) this.deliverJson(t, json, event)
     if (topics.length === 1) return this.broker.publish(topics[0] as string, data, options)
     await Promise.all(topics.map(t => this.broker.publish(t, data, options)))
+  }
+
+  abortOnClose (conn: Peer, controller: AbortController): void {
+    conn.abortOnClose(controller)
   }
 
   /** What a broker calls with a publication from another process. */

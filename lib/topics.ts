@@ -34,9 +34,19 @@ export interface DeclaredTopic {
 
 /** Checks a topic name given by the app or a client: a non-empty string of bounded length. */
 export function checkTopic (topic: unknown): asserts topic is string {
-  if (typeof topic !== 'string' || topic.length === 0 || topic.length > MAX_NAME_LENGTH) {
-    throw new InvalidTopicError(`expected a non-empty string of at most ${MAX_NAME_LENGTH} characters, received ${describe(topic)}`)
-  }
+  const reason = topicProblem(topic)
+  if (reason !== undefined) throw new InvalidTopicError(`${reason}, received ${describe(topic)}`)
+}
+
+/**
+ * Why a topic name is unusable, or undefined. Lone surrogates are refused: brokers encode names as
+ * UTF-8, where every lone surrogate becomes U+FFFD, so "rooms/\ud800" and "rooms/\udfff" would share
+ * one channel and their publications would cross.
+ */
+export function topicProblem (topic: unknown): string | undefined {
+  if (typeof topic !== 'string' || topic.length === 0 || topic.length > MAX_NAME_LENGTH) return `expected a non-empty string of at most ${MAX_NAME_LENGTH} characters`
+  if (!topic.isWellFormed()) return 'expected well-formed Unicode (no lone surrogates)'
+  return undefined
 }
 
 export function parsePattern (pattern: unknown, options: unknown, scope: FastifyInstance): DeclaredTopic {

@@ -253,7 +253,7 @@ describe('rateLimit', () => {
   })
 
   test('rateLimit: false lets a burst of 20,000 through', async (t) => {
-    const app = await build(t, { rateLimit: false, maxInFlight: 1_000_000 }, resources)
+    const app = await build(t, { rateLimit: false, maxInFlight: 1_000_000, maxInFlightTotal: 1_000_000 }, resources)
     const client = await inject(t, app)
     const replies = await burst(client, 20_000, 'echo', 'get', undefined)
     assert.equal(replies.filter(isTooMany).length, 0)
@@ -511,7 +511,7 @@ describe('maxBufferedBytes and slowConsumer', () => {
 
   test('control: without the policy (1 GB allowed) the same flood does buffer ~200 MB', { timeout: 60_000 }, async (t) => {
     // Shows the measurement above is able to see the growth it bounds.
-    const server = await ChildServer.start({ maxBufferedBytes: 1024 * MiB, slowConsumer: 'drop' })
+    const server = await ChildServer.start({ maxBufferedBytes: 1024 * MiB, maxBufferedBytesTotal: 1024 * MiB, slowConsumer: 'drop' })
     t.after(() => server.kill())
     const client = await connect(t, server.url)
     await client.request('$topic', 'subscribe', { topic: 'firehose' })

@@ -33,6 +33,12 @@ export interface Broker {
   readonly name: string
   /** Called once by the plugin before the server starts listening. */
   attach (sink: BrokerSink): Promise<void>
+  /**
+   * Why this broker cannot carry a topic (e.g. AMQP routing keys are at most 255 bytes), or undefined.
+   * The plugin asks before subscribing or publishing, so a topic is refused where it enters instead
+   * of being accepted and then failing in the broker.
+   */
+  topicProblem? (topic: string): string | undefined
   subscribe (topic: string): Promise<void>
   unsubscribe (topic: string): Promise<void>
   /**

@@ -1,4 +1,4 @@
-// fastify-drizzle/client: the browser + Node client of wire protocol v1 (DESIGN sections 3, 5, 7).
+// fastify-drizzle/client: the browser + Node client of wire protocol v1 (PROTOCOL.md; README, Client).
 //
 // This file runs in browsers: it must not import anything at runtime (no node:*, no ws, no Buffer, no
 // process). Only TYPES come from the server side, and `import type` is erased from the build, so

@@ -11,60 +11,6 @@ export interface RateLimitOptions {
   timeWindow: number
 }
 
-export interface DrizzleOptions {
-  /** Path of the WebSocket route. */
-  path?: string
-  /** Carries publications across processes; the in-memory default serves a single process. */
-  broker?: Broker
-  /** Close the broker when Fastify closes. */
-  closeBroker?: boolean
-  /** Turn off the "action completed" log line (5xx errors are still logged). */
-  disableActionLogging?: boolean
-  /** What to do with `__proto__` keys in frames, as Fastify's option of the same name. */
-  onProtoPoisoning?: ProtoAction
-  /** What to do with `constructor.prototype` keys in frames, as Fastify's option of the same name. */
-  onConstructorPoisoning?: ProtoAction
-  /** Largest frame accepted, in bytes; bigger frames close the socket with 1009. */
-  maxPayload?: number
-  /** Requests a connection may have in flight; more get TOO_MANY_REQUESTS. */
-  maxInFlight?: number
-  /** Actions in flight across all connections (those of closed connections count until they end); more get TOO_MANY_REQUESTS. */
-  maxInFlightTotal?: number
-  /** Topics a connection may be subscribed to (`__all__` not counted); more get TOO_MANY_SUBSCRIPTIONS. */
-  maxSubscriptions?: number
-  /** Requests per connection per window; more get TOO_MANY_REQUESTS. `false` disables. */
-  rateLimit?: RateLimitOptions | false
-  /** Open connections in total; further upgrades are refused with 503. */
-  maxConnections?: number
-  /** Milliseconds an action may run before the client gets ACTION_TIMEOUT; 0 disables. */
-  actionTimeout?: number
-  /** Bytes a socket may have buffered before it counts as a slow consumer. */
-  maxBufferedBytes?: number
-  /** Bytes buffered for all sockets together; past it, every socket with a backlog counts as a slow consumer. */
-  maxBufferedBytesTotal?: number
-  /** Bytes of unfinished (fragmented or partly received) messages held for all sockets together; the socket that passes it is closed with 1009. */
-  maxIncompleteBytesTotal?: number
-  /** Milliseconds a message may stay unfinished before its socket is closed with 1008; 0 disables. */
-  incompleteTimeout?: number
-  /** A slow consumer's fate: `drop` publications for it, or `close` it with 1013. */
-  slowConsumer?: 'drop' | 'close'
-  /** Milliseconds between pings; a peer that missed the previous pong is terminated. 0 disables. */
-  heartbeatInterval?: number
-  /**
-   * Origins browsers may connect from. Default: requests without an Origin header (non-browser
-   * clients) and same-origin browsers (Origin host equals Host). `'*'` allows any origin.
-   */
-  allowedOrigins?: '*' | readonly string[] | OriginCheck
-  /** Milliseconds `fastify.close()` waits for actions in flight before closing sockets with 1001. */
-  closeGracePeriod?: number
-  /** Options for @fastify/websocket's `ws` server, used only when this plugin registers it. */
-  websocket?: Record<string, unknown>
-  /** Also serve every action as `POST <prefix>/<resource>/<action>`, in the scope that declared it (docs/http-and-asyncapi.md). */
-  http?: boolean | HttpOptions
-  /** Serve an AsyncAPI 3.0 document of the resources and topics at `GET <path>/asyncapi.json`. */
-  asyncapi?: boolean | AsyncApiOptions
-}
-
 export interface HttpOptions {
   /** Path prefix of the action routes; default: the WebSocket `path`, so `POST /ws/todos/get`. */
   prefix?: string
@@ -91,107 +37,154 @@ export interface ResolvedAsyncApiOptions {
   info: { title: string, version: string, description?: string }
 }
 
-export const DEFAULTS = {
-  path: '/ws',
-  closeBroker: true,
-  disableActionLogging: false,
-  onProtoPoisoning: 'error' as ProtoAction,
-  onConstructorPoisoning: 'ignore' as ProtoAction,
-  maxPayload: 1024 * 1024,
-  maxInFlight: 1024,
-  maxInFlightTotal: 10_000,
-  maxSubscriptions: 1024,
-  rateLimit: { max: 10_000, timeWindow: 1000 } as RateLimitOptions | false,
-  maxConnections: 10_000,
-  actionTimeout: 30_000,
-  maxBufferedBytes: 4 * 1024 * 1024,
-  maxBufferedBytesTotal: 128 * 1024 * 1024,
-  maxIncompleteBytesTotal: 32 * 1024 * 1024,
-  incompleteTimeout: 10_000,
-  slowConsumer: 'close' as 'drop' | 'close',
-  heartbeatInterval: 30_000,
-  closeGracePeriod: 5_000,
-  http: false as boolean | HttpOptions,
-  asyncapi: false as boolean | AsyncApiOptions
-} as const
+// ---- the option table ------------------------------------------------------------------------
+// Every plugin option is declared once, below: its doc comment (what users see on `DrizzleOptions`),
+// its default and its validator. The public type, `DEFAULTS` and `resolveOptions` are derived from it.
 
-export type ResolvedOptions = Required<Omit<DrizzleOptions, 'broker' | 'allowedOrigins' | 'websocket' | 'rateLimit' | 'http' | 'asyncapi'>> & {
-  http: ResolvedHttpOptions | false
-  asyncapi: ResolvedAsyncApiOptions
-  broker: Broker | undefined
-  allowedOrigins: '*' | readonly string[] | OriginCheck | undefined
-  websocket: Record<string, unknown>
-  rateLimit: RateLimitOptions | false
+/** What a validator may read of the options resolved before it: the table resolves in order, `path` first. */
+interface Earlier { readonly path: string }
+
+/** Checks one option's value (the given one, or the default) and returns what the plugin uses, or throws FST_DRIZZLE_INVALID_OPTION. */
+type Resolve<Out> = (value: unknown, name: string, earlier: Earlier) => Out
+
+/** An option that users may give as `In` and that the plugin uses as `Out`. */
+interface OptionSpec<In, Out> {
+  /** Used when the option is `undefined` (never for `null`, a bad value like any other), then checked like a given value. */
+  readonly default?: In
+  readonly resolve: Resolve<Out>
 }
 
-const PROTO_ACTIONS = ['error', 'remove', 'ignore']
-const KNOWN = new Set(['path', 'broker', 'closeBroker', 'disableActionLogging', 'onProtoPoisoning', 'onConstructorPoisoning',
-  'maxPayload', 'maxInFlight', 'maxInFlightTotal', 'maxSubscriptions', 'rateLimit', 'maxConnections', 'actionTimeout',
-  'maxBufferedBytes', 'maxBufferedBytesTotal', 'maxIncompleteBytesTotal', 'incompleteTimeout', 'slowConsumer',
-  'heartbeatInterval', 'allowedOrigins', 'closeGracePeriod', 'websocket', 'http', 'asyncapi'])
+interface DefaultedSpec<In, Out> extends OptionSpec<In, Out> { readonly default: In }
+
+// `In` (what users may write) is what the validator returns, without `undefined`, unless given apart.
+function option<Out, In = Exclude<Out, undefined>> (spec: { default: NoInfer<In>, resolve: Resolve<Out> }): DefaultedSpec<In, Out>
+function option<Out, In = Exclude<Out, undefined>> (spec: { resolve: Resolve<Out> }): OptionSpec<In, Out>
+function option<Out, In> (spec: OptionSpec<In, Out>): OptionSpec<In, Out> {
+  return spec
+}
+
+const PROTO_ACTIONS: readonly ProtoAction[] = ['error', 'remove', 'ignore']
+
+const OPTIONS = {
+  /** Path of the WebSocket route. */
+  path: option({ default: '/ws', resolve: routePath }),
+  /** Carries publications across processes; the in-memory default serves a single process. */
+  broker: option({ resolve: checkBroker }),
+  /** Close the broker when Fastify closes. */
+  closeBroker: option({ default: true, resolve: boolean }),
+  /** Turn off the "action completed" log line (5xx errors are still logged). */
+  disableActionLogging: option({ default: false, resolve: boolean }),
+  /** What to do with `__proto__` keys in frames, as Fastify's option of the same name. */
+  onProtoPoisoning: option({ default: 'error', resolve: oneOf<ProtoAction>(PROTO_ACTIONS) }),
+  /** What to do with `constructor.prototype` keys in frames, as Fastify's option of the same name. */
+  onConstructorPoisoning: option({ default: 'ignore', resolve: oneOf<ProtoAction>(PROTO_ACTIONS) }),
+  /** Largest frame accepted, in bytes; bigger frames close the socket with 1009. */
+  maxPayload: option({ default: 1024 * 1024, resolve: integer(1) }),
+  /** Requests a connection may have in flight; more get TOO_MANY_REQUESTS. */
+  maxInFlight: option({ default: 1024, resolve: integer(1) }),
+  /** Actions in flight across all connections (those of closed connections count until they end); more get TOO_MANY_REQUESTS. */
+  maxInFlightTotal: option({ default: 10_000, resolve: integer(1) }),
+  /** Topics a connection may be subscribed to (`__all__` not counted); more get TOO_MANY_SUBSCRIPTIONS. */
+  maxSubscriptions: option({ default: 1024, resolve: integer(1) }),
+  /** Requests per connection per window; more get TOO_MANY_REQUESTS. `false` disables. */
+  rateLimit: option({ default: Object.freeze({ max: 10_000, timeWindow: 1000 }), resolve: checkRateLimit }),
+  /** Open connections in total; further upgrades are refused with 503. */
+  maxConnections: option({ default: 10_000, resolve: integer(1) }),
+  /** Milliseconds an action may run before the client gets ACTION_TIMEOUT; 0 disables. */
+  actionTimeout: option({ default: 30_000, resolve: integer(0) }),
+  /** Bytes a socket may have buffered before it counts as a slow consumer. */
+  maxBufferedBytes: option({ default: 4 * 1024 * 1024, resolve: integer(1) }),
+  /** Bytes buffered for all sockets together; past it, every socket with a backlog (64 KiB or more) counts as a slow consumer. */
+  maxBufferedBytesTotal: option({ default: 128 * 1024 * 1024, resolve: integer(1) }),
+  /** Bytes of unfinished (fragmented or partly received) messages held for all sockets together; the socket that passes it is closed with 1009. */
+  maxIncompleteBytesTotal: option({ default: 32 * 1024 * 1024, resolve: integer(1) }),
+  /** Milliseconds a message may stay unfinished before its socket is closed with 1008; 0 disables. */
+  incompleteTimeout: option({ default: 10_000, resolve: integer(0) }),
+  /** A slow consumer's fate: `drop` publications for it, or `close` it with 1013. */
+  slowConsumer: option({ default: 'close', resolve: oneOf(['drop', 'close']) }),
+  /** Milliseconds between pings; a peer that missed the previous pong is terminated. 0 disables. */
+  heartbeatInterval: option({ default: 30_000, resolve: integer(0) }),
+  /**
+   * Origins browsers may connect from. Default: requests without an Origin header (non-browser
+   * clients) and same-origin browsers (Origin host equals Host). `'*'` allows any origin.
+   */
+  allowedOrigins: option({ resolve: checkOrigins }),
+  /** Milliseconds `fastify.close()` waits for actions in flight before closing sockets with 1001. */
+  closeGracePeriod: option({ default: 5_000, resolve: integer(0) }),
+  /** Options for @fastify/websocket's `ws` server, used only when this plugin registers it. */
+  websocket: option({ default: Object.freeze({}), resolve: checkWebsocket }),
+  /** Also serve every action as `POST <prefix>/<resource>/<action>`, in the scope that declared it (docs/http-and-asyncapi.md). */
+  http: option<ResolvedHttpOptions | false, boolean | HttpOptions>({ default: false, resolve: checkHttp }),
+  /** Serve an AsyncAPI 3.0 document of the resources and topics at `GET <path>/asyncapi.json`. */
+  asyncapi: option<ResolvedAsyncApiOptions, boolean | AsyncApiOptions>({ default: false, resolve: checkAsyncApi })
+}
+
+type OptionTable = typeof OPTIONS
+type InputOf<Spec> = Spec extends OptionSpec<infer In, unknown> ? In : never
+type OutputOf<Spec> = Spec extends OptionSpec<unknown, infer Out> ? Out : never
+// Mapped over the table's keys, so each property keeps the doc comment of its table entry.
+type OptionInputs = { [Name in keyof OptionTable]?: InputOf<OptionTable[Name]> }
+
+/** Options of `app.register(drizzle, options)`; every one is optional and validated at registration. */
+export interface DrizzleOptions extends OptionInputs {}
+
+/** The options as the plugin uses them: validated, defaults filled in. */
+export type ResolvedOptions = { [Name in keyof OptionTable]: OutputOf<OptionTable[Name]> }
+
+type OptionDefaults = {
+  readonly [Name in keyof OptionTable as OptionTable[Name] extends { default: unknown } ? Name : never]: InputOf<OptionTable[Name]>
+}
+
+const NAMES = Object.keys(OPTIONS) as Array<keyof OptionTable>
+const KNOWN = new Set<string>(NAMES)
+
+/** The default of every option that has one, as the table declares it. */
+export const DEFAULTS = Object.freeze(Object.fromEntries(
+  NAMES.filter(name => OPTIONS[name].default !== undefined).map(name => [name, OPTIONS[name].default])
+)) as OptionDefaults
+
+/** Validates the plugin options once, at registration, and fills in the defaults. */
+export function resolveOptions (input: unknown): ResolvedOptions {
+  if (input !== undefined && !isPlainObject(input)) fail('options', 'expected an object', input)
+  const options = input ?? {}
+  for (const key of Object.keys(options)) if (!KNOWN.has(key)) fail(key, `unknown option; known options are ${NAMES.join(', ')}`, options[key])
+
+  const resolved: Record<string, unknown> = {}
+  for (const name of NAMES) {
+    const spec: OptionSpec<unknown, unknown> = OPTIONS[name]
+    resolved[name] = spec.resolve(options[name] === undefined ? spec.default : options[name], name, resolved as unknown as Earlier)
+  }
+  return resolved as ResolvedOptions
+}
+
+// ---- validators ------------------------------------------------------------------------------
 
 function fail (name: string, expected: string, received: unknown): never {
   throw new InvalidOptionError(name, expected, describe(received))
 }
 
-// Only `undefined` means "use the default": `null` is a bad value like any other, reported as received.
-function given (options: Record<string, unknown>, name: keyof typeof DEFAULTS): unknown {
-  return options[name] === undefined ? DEFAULTS[name] : options[name]
+function integer (min: number): Resolve<number> {
+  return (value, name) => {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) fail(name, `expected an integer >= ${min}`, value)
+    return value
+  }
 }
 
-function integer (options: Record<string, unknown>, name: keyof typeof DEFAULTS, min: number): number {
-  const value = given(options, name)
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) fail(name, `expected an integer >= ${min}`, value)
-  return value
-}
-
-function boolean (options: Record<string, unknown>, name: keyof typeof DEFAULTS): boolean {
-  const value = given(options, name)
+function boolean (value: unknown, name: string): boolean {
   if (typeof value !== 'boolean') fail(name, 'expected a boolean', value)
   return value
 }
 
-function oneOf<T extends string> (options: Record<string, unknown>, name: keyof typeof DEFAULTS, allowed: readonly string[]): T {
-  const value = given(options, name)
-  if (typeof value !== 'string' || !allowed.includes(value)) fail(name, `expected one of ${allowed.map(a => `"${a}"`).join(', ')}`, value)
-  return value as T
+function oneOf<const T extends string> (allowed: readonly T[]): Resolve<T> {
+  return (value, name) => {
+    if (typeof value !== 'string' || !allowed.includes(value as T)) fail(name, `expected one of ${allowed.map(a => `"${a}"`).join(', ')}`, value)
+    return value as T
+  }
 }
 
-/** Validates the plugin options once, at registration, and fills in the defaults. */
-export function resolveOptions (input: unknown): ResolvedOptions {
-  if (input !== undefined && (input === null || typeof input !== 'object' || Array.isArray(input))) fail('options', 'expected an object', input)
-  const options = (input ?? {}) as Record<string, unknown>
-  for (const key of Object.keys(options)) if (!KNOWN.has(key)) fail(key, `unknown option; known options are ${[...KNOWN].join(', ')}`, options[key])
-
-  const path = given(options, 'path')
-  if (typeof path !== 'string' || !path.startsWith('/')) fail('path', 'expected a string starting with "/"', path)
-
-  return {
-    path,
-    broker: checkBroker(options.broker),
-    closeBroker: boolean(options, 'closeBroker'),
-    disableActionLogging: boolean(options, 'disableActionLogging'),
-    onProtoPoisoning: oneOf(options, 'onProtoPoisoning', PROTO_ACTIONS),
-    onConstructorPoisoning: oneOf(options, 'onConstructorPoisoning', PROTO_ACTIONS),
-    maxPayload: integer(options, 'maxPayload', 1),
-    maxInFlight: integer(options, 'maxInFlight', 1),
-    maxInFlightTotal: integer(options, 'maxInFlightTotal', 1),
-    maxSubscriptions: integer(options, 'maxSubscriptions', 1),
-    rateLimit: checkRateLimit(options.rateLimit),
-    maxConnections: integer(options, 'maxConnections', 1),
-    actionTimeout: integer(options, 'actionTimeout', 0),
-    maxBufferedBytes: integer(options, 'maxBufferedBytes', 1),
-    maxBufferedBytesTotal: integer(options, 'maxBufferedBytesTotal', 1),
-    maxIncompleteBytesTotal: integer(options, 'maxIncompleteBytesTotal', 1),
-    incompleteTimeout: integer(options, 'incompleteTimeout', 0),
-    slowConsumer: oneOf(options, 'slowConsumer', ['drop', 'close']),
-    heartbeatInterval: integer(options, 'heartbeatInterval', 0),
-    closeGracePeriod: integer(options, 'closeGracePeriod', 0),
-    allowedOrigins: checkOrigins(options.allowedOrigins),
-    websocket: checkWebsocket(options.websocket),
-    http: checkHttp(given(options, 'http'), path),
-    asyncapi: checkAsyncApi(given(options, 'asyncapi'), path)
-  }
+function routePath (value: unknown, name: string): string {
+  if (typeof value !== 'string' || !value.startsWith('/')) fail(name, 'expected a string starting with "/"', value)
+  return value
 }
 
 function checkBroker (broker: unknown): Broker | undefined {
@@ -204,7 +197,6 @@ function checkBroker (broker: unknown): Broker | undefined {
 }
 
 function checkRateLimit (value: unknown): RateLimitOptions | false {
-  if (value === undefined) return DEFAULTS.rateLimit
   if (value === false) return false
   const limit = value as RateLimitOptions
   if (value === null || typeof value !== 'object' || !Number.isSafeInteger(limit.max) || limit.max < 1 ||
@@ -214,22 +206,21 @@ function checkRateLimit (value: unknown): RateLimitOptions | false {
   return { max: limit.max, timeWindow: limit.timeWindow }
 }
 
-function checkOrigins (value: unknown): ResolvedOptions['allowedOrigins'] {
-  if (value === undefined || value === '*' || typeof value === 'function') return value as ResolvedOptions['allowedOrigins']
+function checkOrigins (value: unknown): '*' | readonly string[] | OriginCheck | undefined {
+  if (value === undefined || value === '*' || typeof value === 'function') return value as '*' | OriginCheck | undefined
   if (Array.isArray(value) && value.every(v => typeof v === 'string')) return [...value]
   return fail('allowedOrigins', 'expected "*", an array of origin strings, or a function (origin, request) => boolean', value)
 }
 
 function checkWebsocket (value: unknown): Record<string, unknown> {
-  if (value === undefined) return {}
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail('websocket', 'expected an object of ws server options', value)
-  return value as Record<string, unknown>
+  if (!isPlainObject(value)) fail('websocket', 'expected an object of ws server options', value)
+  return value
 }
 
 const PATH_SEGMENT = /^\/[^\s?#:*]*$/
 
 /** `true` is `{}`; the prefix defaults to the WebSocket path and loses a trailing slash (`/` gives `/<resource>/<action>`). */
-function checkHttp (value: unknown, path: string): ResolvedHttpOptions | false {
+function checkHttp (value: unknown, _name: string, { path }: Earlier): ResolvedHttpOptions | false {
   if (value === false) return false
   const expected = 'expected a boolean or { prefix?: string starting with "/" }'
   if (value !== true && !isPlainObject(value)) fail('http', expected, value)
@@ -240,7 +231,7 @@ function checkHttp (value: unknown, path: string): ResolvedHttpOptions | false {
   return { prefix: prefix.replace(/\/+$/, '') }
 }
 
-function checkAsyncApi (value: unknown, path: string): ResolvedAsyncApiOptions {
+function checkAsyncApi (value: unknown, _name: string, { path }: Earlier): ResolvedAsyncApiOptions {
   const expected = 'expected a boolean or { path?, serverUrl?, info?: { title?, version?, description? } }'
   if (typeof value !== 'boolean' && !isPlainObject(value)) fail('asyncapi', expected, value)
   const opts = typeof value === 'boolean' ? {} : value as Record<string, unknown>

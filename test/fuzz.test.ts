@@ -7,12 +7,12 @@ import Type from 'typebox'
 import sjson from 'secure-json-parse'
 import { build, connect, inject, listen, sleep, type Frame, type TestClient } from './helpers/client.js'
 
-// Hostile input (issue #6, DESIGN section 8: "No input a client can send crashes the process").
+// Hostile input (issue #6; README, Limits and shutdown: no input a client can send crashes the process).
 // Every generated frame must get exactly one reply, which is either a valid reply or a coded error of
 // the protocol table; no reply may carry a stack or a path; the process must not see an uncaught
 // exception or an unhandled rejection; Object.prototype must stay as it was.
 
-/** The protocol table (DESIGN section 3), our own 5xx additions, and the one code the app below throws. */
+/** The protocol's error codes (PROTOCOL.md, Error codes), and the one code the app below throws. */
 const CODES: Record<string, number> = {
   VALIDATION_ERROR: 400,
   RESOURCE_NOT_FOUND: 404,
@@ -149,7 +149,7 @@ function textOf (g: Generated): string | null {
   try { return utf8.decode(g.payload as Buffer) } catch { return null }
 }
 
-/** DESIGN section 3: the reply carries the frame's request_id when it had a usable one, else null. */
+/** PROTOCOL.md, Error: the reply carries the frame's request_id when it had a usable one, else null. */
 function expectedId (g: Generated): { id: unknown, parsed: Record<string, unknown> | undefined } {
   const source = textOf(g)
   if (source === null) return { id: null, parsed: undefined }

@@ -9,7 +9,7 @@ import { DEFAULTS, resolveOptions } from '../lib/options.js'
 import { build, connect, inject, listen, nextId, sleep, type Frame, type TestClient } from './helpers/client.js'
 import { ChildServer } from './fixtures/child-server.js'
 
-// Issue #6: every limit of DESIGN section 8, its default and its effect. Defaults that would take too
+// Issue #6: every limit (README, Limits and shutdown), its default and its effect. Defaults that would take too
 // long to reach by behaviour (30 s timers, 10,000 connections) are read from DEFAULTS and from what
 // resolveOptions({}) fills in; their effect is shown with a small value.
 

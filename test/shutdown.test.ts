@@ -11,7 +11,7 @@ import { DEFAULTS, resolveOptions } from '../lib/options.js'
 import { build, connect, inject, listen, nextId, sleep } from './helpers/client.js'
 import { ChildServer } from './fixtures/child-server.js'
 
-// DESIGN section 8: fastify.close() stops accepting connections, lets actions in flight finish within
+// README, Limits and shutdown: fastify.close() stops accepting connections, lets actions in flight finish within
 // closeGracePeriod, then closes sockets with 1001; a peer that never answers cannot hold it up.
 
 function resources (app: FastifyInstance): void {

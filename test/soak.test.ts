@@ -6,8 +6,8 @@ import type { FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import { build, listen, sleep } from './helpers/client.js'
 
-// DESIGN section 5 and 8: "Closing a connection drops all its subscriptions; nothing keeps a reference
-// to a closed socket" and "No input a client can send ... leaks memory". Thousands of connect /
+// Closing a connection drops all its subscriptions and nothing keeps a reference to a closed socket
+// (README, Topics); no input a client can send leaks memory (README, Limits and shutdown). Thousands of connect /
 // subscribe / request / disconnect cycles must leave the heap where it was and no timer, connection
 // or subscription behind.
 
@@ -48,7 +48,7 @@ let connected = 0
 /**
  * One cycle over injectWS: connect, subscribe both ways, request, receive a publication, terminate.
  * terminate() and not close(): under injectWS the server sees a clean close only after ws's
- * closeTimeout (NOTES.md). Nothing of the client is kept once the cycle ends.
+ * closeTimeout (30 s by default). Nothing of the client is kept once the cycle ends.
  */
 async function cycle (app: FastifyInstance, i: number): Promise<void> {
   const room = i % ROOMS

@@ -60,7 +60,7 @@ const CONNECTION_BEHAVIOUR: Partial<RedisOptions> = {
 function noop (): void {}
 
 /**
- * A broker over Redis pub/sub (DESIGN section 6): channel `<prefix><topic>`, message
+ * A broker over Redis pub/sub (PROTOCOL.md, Redis): channel `<prefix><topic>`, message
  * `{"data": ..., "event"?: ...}`, so any process in any language can publish with a plain PUBLISH.
  */
 export function redisBroker (options: RedisBrokerOptions = {}): Broker {

@@ -147,9 +147,11 @@ export class Runtime implements ContextHost<Peer> {
     const topic = (message.data as { topic: string }).topic
     const problem = this.topicProblem(topic)
     if (problem !== undefined) return validationError(`"data.topic" ${problem}`, [{ path: '/data/topic', message: problem }])
+    // `__all__` is every connection's for its lifetime, even where a `:param` pattern would match it.
+    if (topic === ALL_TOPIC) return new TopicNotFoundError(topic)
     const match = this.patterns.match(topic)
     if (match !== undefined) return (this.topicActions.get(match.declared) as TopicActions)[name]
-    if (name === 'unsubscribe' && conn.topics.has(topic) && topic !== ALL_TOPIC) return this.plainUnsubscribe
+    if (name === 'unsubscribe' && conn.topics.has(topic)) return this.plainUnsubscribe
     return new TopicNotFoundError(topic)
   }
 

@@ -244,3 +244,14 @@ test('a publication is serialized once, whatever the number of subscribers', asy
   for (const c of clients) await c.waitFor(f => f.topic === 'news')
   assert.equal(serialized, 1)
 })
+
+test('__all__ stays subscribed even where a one-segment :param pattern matches it', async (t) => {
+  const app = await build(t, {}, a => { a.drizzle.topic(':room') })
+  const client = await inject(t, app)
+  for (const action of ['unsubscribe', 'subscribe']) {
+    const frame = await client.request('$topic', action, { topic: '__all__' })
+    assert.equal(frame.code, 'TOPIC_NOT_FOUND', action)
+  }
+  assert.equal(app.drizzle.subscriberCount('__all__'), 1)
+  assert.deepEqual((await client.request('$topic', 'subscribe', { topic: 'lobby' })).data, { topic: 'lobby', subscribed: true })
+})

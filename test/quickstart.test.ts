@@ -30,7 +30,7 @@ async function freshClone (t: TestContext): Promise<string> {
     recursive: true,
     filter: source => {
       const [top = ''] = relative(root, source).split(/[\\/]/)
-      return !NOT_IN_A_CLONE.has(top) && !top.startsWith('.scratch')
+      return !NOT_IN_A_CLONE.has(top)
     }
   })
   await symlink(join(root, 'node_modules'), join(dir, 'node_modules'), 'dir')

@@ -1,24 +1,29 @@
 // Example: a todo list served over REST and WebSocket side by side.
 //   npm run example            -> in-memory broker (one process)
 //   DRIZZLE_BROKER=redis npm run example -> publications cross processes through Redis
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import Type from 'typebox'
 import drizzle, { action, type Broker, type InferApi } from '../lib/index.js'
-import { registerStatic } from './static.js'
+import { registerStatic, type StaticOptions } from './static.js'
 
 const Todo = Type.Object({ id: Type.Integer(), title: Type.String(), done: Type.Boolean() })
 const NewTodo = Type.Object({ title: Type.String({ minLength: 1, maxLength: 200 }) })
 
 export interface ExampleOptions {
   broker?: Broker
-  logger?: boolean
+  /** Fastify's logger on or off (default on), or a logger instance (tests record what is logged). */
+  logger?: boolean | FastifyBaseLogger
+  /** Where GET /client.js comes from: bundled from lib/ by default (see static.ts). */
+  page?: StaticOptions
 }
 
 export async function buildApp (options: ExampleOptions = {}): Promise<{ app: FastifyInstance, api: ReturnType<typeof declare> }> {
-  const app = Fastify({ logger: options.logger ?? true })
+  const app: FastifyInstance = typeof options.logger === 'object'
+    ? Fastify({ loggerInstance: options.logger })
+    : Fastify({ logger: options.logger ?? true })
   await app.register(drizzle, { broker: options.broker, allowedOrigins: localOrigins })
   const api = declare(app)
-  registerStatic(app) // the browser page: GET / (open http://127.0.0.1:3000 after `npm run build`)
+  registerStatic(app, options.page) // the browser page: GET / (open http://127.0.0.1:3000)
   return { app, api }
 }
 

@@ -10,6 +10,8 @@ import type { AnyApi } from './types.js'
 /** The part of the WebSocket API the client uses; both the browser's WebSocket and `ws` provide it. */
 export interface WebSocketLike {
   readonly readyState: number
+  /** The address the socket was opened with; absent on an in-memory socket (`app.injectWS`). */
+  readonly url?: string
   binaryType?: string
   // Events typed `any`: the DOM's and ws's event classes differ, and a handler property typed with
   // either would reject the other's sockets. The client reads only `data`, `code` and `reason`.
@@ -609,6 +611,10 @@ export class DrizzleClient<Api extends AnyApi = AnyApi> {
       socket.onclose = finish
       try {
         socket.close(code, reason)
+        // The peer of an in-memory socket never learns that the handshake finished, so the server
+        // would hold it open until its close timeout (README: Testing). Once the close frame is
+        // written, dropping the socket lets the server see both the code and the end at once.
+        if (isInMemory(socket)) finish()
       } catch {
         finish()
       }
@@ -644,6 +650,14 @@ function newTopicState (): TopicState {
 function isSocket (value: unknown): value is WebSocketLike {
   return typeof value === 'object' && value !== null && !(value instanceof URL) &&
     typeof (value as WebSocketLike).send === 'function' && typeof (value as WebSocketLike).close === 'function'
+}
+
+/**
+ * A socket with no URL was not dialled over a network: `app.injectWS()` hands out such a `ws` socket
+ * over an in-memory stream. Browsers' sockets and `ws` clients created from a URL always have one.
+ */
+function isInMemory (socket: WebSocketLike): boolean {
+  return typeof socket.terminate === 'function' && (typeof socket.url !== 'string' || socket.url === '')
 }
 
 /** Closes a socket without waiting for anyone: terminate when it can (ws), else a plain close. */

@@ -1,20 +1,17 @@
-// The example page in real headless Chromium: the built fastify-drizzle/client (dist/esm/client.js,
-// exactly what browsers get from the package) performs an action from a click, and the page shows a
-// publication sent by another client. Needs Debian's chromium (apt-get install chromium); without it
-// the test is skipped loudly, except in CI where it fails.
+// The example page in real headless Chromium, served with the BUILT fastify-drizzle/client
+// (dist/esm/client.js, exactly what browsers get from the package): an action performed from a click,
+// and a publication sent by another client shown live. test/quickstart.test.ts runs the same page as
+// `npm run example` serves it (the client bundled from source, no dist/).
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { existsSync, statSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
-import { chromium, type Browser } from 'playwright-core'
 import { buildApp, type ExampleApi } from '../example/app.js'
 import { DrizzleClient } from '../lib/client.js'
+import { chromiumMissing, launchChromium, newPage } from './helpers/chromium.js'
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-  '--no-first-run', '--disable-component-update', '--disable-sync']
 const root = new URL('..', import.meta.url)
 const builtClient = fileURLToPath(new URL('dist/esm/client.js', root))
 const sourceClient = fileURLToPath(new URL('lib/client.ts', root))
@@ -40,27 +37,14 @@ function isFresh (): boolean {
   return existsSync(builtClient) && statSync(builtClient).mtimeMs >= statSync(sourceClient).mtimeMs
 }
 
-function chromiumMissing (): string | undefined {
-  if (existsSync(CHROMIUM)) return undefined
-  const message = `Chromium not found at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM_PATH)`
-  if (process.env.CI !== undefined) throw new Error(message)
-  console.warn(`\n*** SKIPPING the browser test: ${message} ***\n`)
-  return message
-}
-
 test('example page: a click creates a todo, and a todo created by another client appears live', { skip: chromiumMissing(), timeout: 90_000 }, async t => {
   ensureBuiltClient()
-  const { app } = await buildApp({ logger: false })
+  const { app } = await buildApp({ logger: false, page: { clientFile: builtClient } })
   t.after(() => app.close())
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
 
-  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30_000 })
-  t.after(() => browser.close())
-  const page = await browser.newPage()
-  page.setDefaultTimeout(10_000)
-  const pageErrors: string[] = []
-  page.on('pageerror', err => pageErrors.push(err.message))
-  page.on('console', message => { if (message.type() === 'error') pageErrors.push(message.text()) })
+  const browser = await launchChromium(t)
+  const { page, pageErrors } = await newPage(browser)
 
   await page.goto(address + '/')
   await page.waitForSelector('#status[data-state="open"]')

@@ -5,13 +5,14 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import Fastify from 'fastify'
 import Type from 'typebox'
 import WebSocket, { WebSocketServer } from 'ws'
 import drizzle, { action, type InferApi } from '../lib/index.js'
 import { DrizzleClient, DrizzleClientError, type DrizzleClientOptions, type Publication } from '../lib/client.js'
 import { build, listen, sleep } from './helpers/client.js'
+import { recordingLogger, type LogEntry } from './helpers/logger.js'
 
 const Todo = Type.Object({ id: Type.Integer(), title: Type.String() })
 
@@ -369,14 +370,13 @@ test('injectWS: a typed client with no network, for testing an app', async t => 
   await app.register(drizzle)
   declare(app)
   await app.ready()
-  t.after(() => app.close())
   type Declared = ReturnType<typeof declare>
   type TestApi = InferApi<Declared['todos'] | Declared['news']>
 
   // The socket factory runs on every (re)connection attempt, like a URL function.
-  // closeTimeout: an in-memory socket never completes the closing handshake, so do not wait for it.
-  const c = new DrizzleClient<TestApi>(() => app.injectWS('/ws'), { closeTimeout: 20 })
-  t.after(() => c.close())
+  const c = new DrizzleClient<TestApi>(() => app.injectWS('/ws'))
+  // One hook, so the client is closed before the app whatever order node:test runs hooks in.
+  t.after(async () => { await c.close(); await app.close() })
   const headlines: string[] = []
   await c.subscribe('news', data => headlines.push(data.headline)).ready
   const todo = await c.request('todos', 'create', { title: 'no network' })
@@ -385,6 +385,34 @@ test('injectWS: a typed client with no network, for testing an app', async t => 
   for (let i = 0; i < 50 && headlines.length === 0; i++) await sleep(10)
   assert.deepEqual(headlines, ['injected'])
 })
+
+for (const [label, code, reason] of [['the default code', 1000, ''], ['a code of its own', 4001, 'bye']] as const) {
+  test(`injectWS: close() with ${label} ends the server side at once, so app.close() does not wait`, async t => {
+    const logs: LogEntry[] = []
+    const loggerInstance: FastifyBaseLogger = recordingLogger(logs)
+    const app = Fastify({ loggerInstance })
+    await app.register(drizzle)
+    declare(app)
+    await app.ready()
+    t.after(() => app.close())
+    // The default closeTimeout (1 s): an in-memory socket must not need a short one.
+    const c = new DrizzleClient<Api>(() => app.injectWS('/ws'))
+    assert.deepEqual(await c.request('todos', 'list'), [])
+    const closed = nextEvent<{ code: number }>(fn => c.on('close', fn))
+
+    const started = performance.now()
+    await (code === 1000 ? c.close() : c.close(code, reason))
+    const clientMs = performance.now() - started
+    await app.close()
+    const totalMs = performance.now() - started
+
+    assert.deepEqual(await closed, { code, reason, reconnecting: false })
+    // The server saw the client's close frame: not 1001 from its own shutdown, nor an abnormal 1006.
+    assert.deepEqual(logs.filter(entry => entry.msg === 'connection closed').map(entry => entry.obj.code), [code])
+    assert.ok(clientMs < 100, `client.close() took ${clientMs.toFixed(1)} ms`)
+    assert.ok(totalMs < 200, `client.close() then app.close() took ${totalMs.toFixed(1)} ms`)
+  })
+}
 
 /** A ws:// URL on which nothing listens (a port that was just freed). */
 async function deadUrl (): Promise<string> {

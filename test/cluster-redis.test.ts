@@ -48,6 +48,8 @@ test('redis-cli and a Python job publish to every instance', { skip }, async t =
     ].join('\n'), [prefix])
   }
   await settle(backend, prefix, Object.values(clients))
+  // An order Redis does promise: the Python job starts after redis-cli's PUBLISH returned, and one
+  // Redis server pushes messages to each instance's subscriber connection in the order it ran them.
   const expected = [{ topic: 'todos', data: { id: 1 }, event: 'from-cli' }]
   if (missing === undefined) expected.push({ topic: 'todos', data: { id: 2, py: true } } as any)
   assert.deepEqual(clients.a1.publications('todos'), expected)

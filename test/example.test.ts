@@ -1,8 +1,10 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { buildApp } from '../example/app.js'
 import { connect, listen } from './helpers/client.js'
+import { recordingLogger, type LogEntry } from './helpers/logger.js'
 
 // The example is what the README's quick start runs: it must keep working, black-box.
 
@@ -43,4 +45,30 @@ test('the example lets local development pages in and refuses foreign origins', 
   assert.equal(await upgradeStatus(url, `http://127.0.0.1:${port}`), 101)
   assert.equal(await upgradeStatus(url, 'https://evil.example'), 403)
   assert.equal(await upgradeStatus(url, 'null'), 403)
+})
+
+test('the example bundles the client from its source for the page, and says why when it cannot', async t => {
+  const { app } = await buildApp({ logger: false })
+  t.after(() => app.close())
+  const served = await app.inject('/client.js')
+  assert.equal(served.statusCode, 200)
+  assert.equal(served.headers['content-type'], 'text/javascript; charset=utf-8')
+  // One ES module bundled from lib/ (no dist/ involved), exporting the client, with its source map.
+  assert.match(served.body, /^\/\/ lib\/client/m)
+  assert.match(served.body, /export \{[^}]*\bDrizzleClient\b[^}]*\}/)
+  assert.match(served.body, /sourceMappingURL=data:application\/json;base64,/)
+
+  const logs: LogEntry[] = []
+  const clientEntry = fileURLToPath(new URL('./fixtures/client-node-import.ts', import.meta.url))
+  const broken = await buildApp({ logger: recordingLogger(logs), page: { clientEntry } })
+  t.after(() => broken.app.close())
+  const refused = await broken.app.inject('/client.js')
+  assert.equal(refused.statusCode, 500)
+  assert.equal(refused.headers['content-type'], 'text/plain; charset=utf-8')
+  assert.match(refused.body, /^\/client\.js: could not bundle .*client-node-import\.ts: .*"node:fs"/s)
+  // Logged once, with esbuild's error, for the developer's terminal.
+  const logged = logs.filter(entry => entry.msg === 'could not bundle the client')
+  assert.equal(logged.length, 1)
+  assert.equal(logged[0]?.level, 'error')
+  assert.match(String((logged[0]?.obj.err as Error | undefined)?.message), /node:fs/)
 })

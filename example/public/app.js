@@ -1,12 +1,42 @@
 // The example page: performs todos.create through fastify-drizzle/client and shows every todo
 // published on the "todos" topic, whoever created it (this page, another tab, a REST call, a job).
-import { DrizzleClient } from '/client.js'
 
 const $ = id => document.getElementById(id)
 const list = $('todos')
 const status = $('status')
 const errorLine = $('error')
 const shown = new Set()
+
+function setStatus (state, text) {
+  status.dataset.state = state
+  status.textContent = text
+}
+
+// Loaded with import() rather than a static import: if /client.js cannot load (not served, a
+// syntax error, a failed bundle) the page says why instead of staying on "connecting…" forever.
+const DrizzleClient = await loadClient('/client.js')
+
+async function loadClient (url) {
+  try {
+    const { DrizzleClient } = await import(url)
+    if (typeof DrizzleClient !== 'function') throw new TypeError(`${url} does not export DrizzleClient`)
+    return DrizzleClient
+  } catch (err) {
+    setStatus('failed', `Could not load the client (${url}): ${await explain(url, err)}`)
+    throw err
+  }
+}
+
+/** Browsers report a failed module fetch without its status: ask the server what went wrong. */
+async function explain (url, err) {
+  try {
+    const response = await fetch(url, { cache: 'no-store' })
+    if (!response.ok) return `${response.status} ${(await response.text()).slice(0, 500)}`
+  } catch {
+    // The server is unreachable: the import's own message says as much.
+  }
+  return err.message
+}
 
 const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:'
 const client = new DrizzleClient(`${scheme}//${window.location.host}/ws`)
@@ -21,11 +51,6 @@ function showTodo (todo, fresh) {
   item.dataset.id = String(todo.id)
   if (fresh) item.className = 'new'
   list.append(item)
-}
-
-function setStatus (state, text) {
-  status.dataset.state = state
-  status.textContent = text
 }
 
 // Live updates. The subscription is renewed by the client after every reconnect.

@@ -70,21 +70,32 @@ export class TestClient {
 let counter = 0
 export function nextId (): number { return ++counter }
 
+/** The injected sockets of each app made by build(), terminated before that app closes. */
+const injectedSockets = new WeakMap<FastifyInstance, Set<WebSocket>>()
+
 /** Builds an app with the plugin, runs `setup` before ready, and closes it after the test. */
 export async function build (t: TestContext, options: DrizzleOptions = {}, setup?: (app: FastifyInstance) => void | Promise<void>, fastifyOptions: Record<string, unknown> = {}): Promise<FastifyInstance> {
   const app = Fastify({ logger: false, ...fastifyOptions })
   await app.register(drizzle, { heartbeatInterval: 0, closeGracePeriod: 200, ...options })
   if (setup !== undefined) await setup(app)
   await app.ready()
-  t.after(() => app.close())
+  const sockets = new Set<WebSocket>()
+  injectedSockets.set(app, sockets)
+  // The sockets first: node:test runs t.after hooks in the order registered, and an injected socket
+  // still open when the app closes holds app.close() for its 1 s close timeout (README: Testing).
+  t.after(async () => {
+    for (const ws of sockets) ws.terminate()
+    await app.close()
+  })
   return app
 }
 
-/** A client through injectWS (no network); terminated after the test. */
+/** A client through injectWS (no network); terminated after the test, before build()'s app closes. */
 export async function inject (t: TestContext, app: FastifyInstance, headers: Record<string, string> = {}, path = '/ws'): Promise<TestClient> {
   let client: TestClient | undefined
   const ws = await app.injectWS(path, { headers }, { onInit (socket: WebSocket) { client = new TestClient(socket) } } as any)
   client ??= new TestClient(ws)
+  injectedSockets.get(app)?.add(ws)
   t.after(() => ws.terminate())
   return client
 }

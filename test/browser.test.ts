@@ -1,45 +1,20 @@
-// The example page in real headless Chromium: the built fastify-drizzle/client (dist/esm/client.js,
-// exactly what browsers get from the package) performs an action from a click, and the page shows a
-// publication sent by another client. Needs Debian's chromium (apt-get install chromium); without it
-// the test is skipped loudly, except in CI where it fails.
+// The example page in real headless Chromium: the built fastify-drizzle/client (dist/browser/client.js,
+// the package's client bundled into one file) performs an action from a click, and the page shows a
+// publication sent by another client. The page loads the BUILT client, so the test proves the built
+// code works in a browser (no Node-only import slipped in). Needs Debian's chromium (apt-get install
+// chromium); without it the test is skipped loudly, except in CI where it fails.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { existsSync, statSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
+import { existsSync } from 'node:fs'
 import WebSocket from 'ws'
 import { chromium, type Browser } from 'playwright-core'
 import { buildApp, type ExampleApi } from '../example/app.js'
-import { DrizzleClient } from '../lib/client.js'
+import { DrizzleClient } from '../lib/client/index.js'
+import { ensureBuiltClient } from './helpers/built-client.js'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
   '--no-first-run', '--disable-component-update', '--disable-sync']
-const root = new URL('..', import.meta.url)
-const builtClient = fileURLToPath(new URL('dist/esm/client.js', root))
-const sourceClient = fileURLToPath(new URL('lib/client.ts', root))
-
-/**
- * The page loads the BUILT client, so the test proves the published file works in a browser (no
- * Node-only import slipped in). `npm test` builds first; run alone, the test builds when dist is
- * missing or older than lib/client.ts.
- */
-function ensureBuiltClient (): void {
-  if (isFresh()) return
-  try {
-    execFileSync(process.execPath, ['scripts/build.js'], { cwd: fileURLToPath(root), stdio: 'inherit', timeout: 120_000 })
-  } catch (err) {
-    // tsc emits even when some other file has a type error (that is the typecheck's job to report):
-    // the browser test only needs client.js, so it goes on if that was written.
-    if (!isFresh()) throw err
-    console.warn('build reported errors, but dist/esm/client.js was written: testing it')
-  }
-}
-
-function isFresh (): boolean {
-  return existsSync(builtClient) && statSync(builtClient).mtimeMs >= statSync(sourceClient).mtimeMs
-}
-
 function chromiumMissing (): string | undefined {
   if (existsSync(CHROMIUM)) return undefined
   const message = `Chromium not found at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM_PATH)`

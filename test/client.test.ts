@@ -10,7 +10,7 @@ import Fastify from 'fastify'
 import Type from 'typebox'
 import WebSocket, { WebSocketServer } from 'ws'
 import drizzle, { action, type InferApi } from '../lib/index.js'
-import { DrizzleClient, DrizzleClientError, type DrizzleClientOptions, type Publication } from '../lib/client.js'
+import { DrizzleClient, DrizzleClientError, type DrizzleClientOptions, type Publication } from '../lib/client/index.js'
 import { build, listen, sleep } from './helpers/client.js'
 
 const Todo = Type.Object({ id: Type.Integer(), title: Type.String() })

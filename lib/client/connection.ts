@@ -5,7 +5,7 @@
 //   connecting --open--> open --socket closed--> reconnecting --backoff elapsed--> connecting
 //   connecting --attempt failed--> reconnecting          any state --close() or gave up--> closed
 import { DrizzleClientError, describeError } from './errors.js'
-import type { Emitter } from './emitter.js'
+import { noop, type Emitter } from './emitter.js'
 import type { ConnectionSettings } from './options.js'
 import type { ClientEvents, ClientState, ConnectOption, ConnectTarget, WebSocketLike } from './types.js'
 
@@ -230,6 +230,9 @@ function isSocket (value: unknown): value is WebSocketLike {
 
 /** Closes a socket without waiting for anyone: terminate when it can (ws), else a plain close. */
 function dropSocket (socket: WebSocketLike): void {
+  // ws reports terminating a socket that is still connecting as an 'error' event, and throws one
+  // nobody listens to: a socket handed over after close() has no listener yet.
+  socket.onerror = noop
   try {
     if (typeof socket.terminate === 'function') socket.terminate()
     else socket.close()

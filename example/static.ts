@@ -6,7 +6,7 @@
 // edit to the client shows on reload. The entry is the `lib/client` module (a file or a folder with
 // an index), bundled for the browser, so a Node-only import that slipped into the client fails here
 // with esbuild's message instead of in the page. The browser test passes `clientFile` to serve the
-// built dist/esm/client.js instead: exactly what the package ships.
+// built bundle (dist/browser/client.js, made by `npm run build`) instead.
 // Plain routes over readFile keep the example free of @fastify/static; a real app would use it.
 import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'

@@ -1,9 +1,13 @@
-// Builds dist/esm with tsc (JavaScript + declarations), then thin CommonJS entry points in dist/cjs.
+// Builds dist/esm with tsc (JavaScript + declarations), then thin CommonJS entry points in dist/cjs,
+// then dist/browser/client.js: the client bundled into one ES module a page can load as is.
 // typebox 1.x is ESM-only, so a CommonJS build would still load ESM: the CJS entries require() the ESM
 // build (require(esm), unflagged since Node 20.19) and shape module.exports the way CJS users expect.
 import { execFileSync } from 'node:child_process'
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { build } from 'esbuild'
+
+const CLIENT_DIR = 'dist/esm/client/'
 
 rmSync('dist', { recursive: true, force: true })
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
@@ -16,6 +20,29 @@ writeFileSync('dist/cjs/index.cjs', header +
   "const mod = require('../esm/index.js')\n" +
   'module.exports = mod.default\n' +
   'for (const key of Object.keys(mod)) module.exports[key] = mod[key]\n')
-for (const [name, path] of [['client', 'client.js'], ['redis', 'brokers/redis.js'], ['amqp', 'brokers/amqp.js']]) {
+for (const [name, path] of [['client', 'client/index.js'], ['redis', 'brokers/redis.js'], ['amqp', 'brokers/amqp.js']]) {
   writeFileSync(`dist/cjs/${name}.cjs`, header + `module.exports = require('../esm/${path}')\n`)
+}
+
+await bundleClient()
+
+/**
+ * Bundles the client exactly as built above (dist/esm/client/), for pages with no bundler and no
+ * import map. The client folder may import only its own files at run time: anything else would pull
+ * server or Node code into a browser file, so the build fails instead.
+ */
+async function bundleClient () {
+  const result = await build({
+    entryPoints: [CLIENT_DIR + 'index.js'],
+    outfile: 'dist/browser/client.js',
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    sourcemap: true,
+    metafile: true,
+    logLevel: 'warning'
+  })
+  const outside = Object.keys(result.metafile.inputs).filter(input => !input.startsWith(CLIENT_DIR))
+  if (outside.length > 0) throw new Error(`dist/browser/client.js would bundle files outside ${CLIENT_DIR}: ${outside.join(', ')}`)
 }

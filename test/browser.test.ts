@@ -1,49 +1,24 @@
 // The example page in real headless Chromium, served with the BUILT fastify-drizzle/client
-// (dist/esm/client.js, exactly what browsers get from the package): an action performed from a click,
-// and a publication sent by another client shown live. test/quickstart.test.ts runs the same page as
-// `npm run example` serves it (the client bundled from source, no dist/).
+// (dist/browser/client.js, the package's client bundled into one file by `npm run build`): an action
+// performed from a click, and a publication sent by another client shown live. The page loads the
+// built client, so the test proves the built code works in a browser (no Node-only import slipped
+// in). test/quickstart.test.ts runs the same page as `npm run example` serves it (bundled from source).
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { existsSync, statSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 import { buildApp, type ExampleApi } from '../example/app.js'
-import { DrizzleClient } from '../lib/client.js'
+import { DrizzleClient } from '../lib/client/index.js'
+import { bundledClient, ensureBuiltClient } from './helpers/built-client.js'
 import { chromiumMissing, launchChromium, newPage } from './helpers/chromium.js'
-
-const root = new URL('..', import.meta.url)
-const builtClient = fileURLToPath(new URL('dist/esm/client.js', root))
-const sourceClient = fileURLToPath(new URL('lib/client.ts', root))
-
-/**
- * The page loads the BUILT client, so the test proves the published file works in a browser (no
- * Node-only import slipped in). `npm test` builds first; run alone, the test builds when dist is
- * missing or older than lib/client.ts.
- */
-function ensureBuiltClient (): void {
-  if (isFresh()) return
-  try {
-    execFileSync(process.execPath, ['scripts/build.js'], { cwd: fileURLToPath(root), stdio: 'inherit', timeout: 120_000 })
-  } catch (err) {
-    // tsc emits even when some other file has a type error (that is the typecheck's job to report):
-    // the browser test only needs client.js, so it goes on if that was written.
-    if (!isFresh()) throw err
-    console.warn('build reported errors, but dist/esm/client.js was written: testing it')
-  }
-}
-
-function isFresh (): boolean {
-  return existsSync(builtClient) && statSync(builtClient).mtimeMs >= statSync(sourceClient).mtimeMs
-}
 
 test('example page: a click creates a todo, and a todo created by another client appears live', { skip: chromiumMissing(), timeout: 90_000 }, async t => {
   ensureBuiltClient()
-  const { app } = await buildApp({ logger: false, page: { clientFile: builtClient } })
+  // The browser is launched (and so closed, t.after hooks running in order) before the app: a page
+  // still connected while the app closes would only slow the shutdown down.
+  const browser = await launchChromium(t)
+  const { app } = await buildApp({ logger: false, page: { clientFile: bundledClient } })
   t.after(() => app.close())
   const address = await app.listen({ port: 0, host: '127.0.0.1' })
-
-  const browser = await launchChromium(t)
   const { page, pageErrors } = await newPage(browser)
 
   await page.goto(address + '/')

@@ -10,7 +10,7 @@ import Fastify from 'fastify'
 import Type from 'typebox'
 import WebSocket, { WebSocketServer } from 'ws'
 import drizzle, { action, type InferApi } from '../lib/index.js'
-import { DrizzleClient, DrizzleClientError, type DrizzleClientOptions, type Publication } from '../lib/client.js'
+import { DrizzleClient, DrizzleClientError, type DrizzleClientOptions, type Publication } from '../lib/client/index.js'
 import { build, listen, sleep } from './helpers/client.js'
 import { recordingLogger, type LogEntry } from './helpers/logger.js'
 
@@ -341,6 +341,45 @@ test('close() rejects pending requests and subscriptions with disconnect; later 
   assert.equal(c.state, 'closed')
   assert.equal((await rejection(c.request('todos', 'list')) as DrizzleClientError).type, 'disconnect')
   await c.close() // idempotent
+})
+
+test('a connect function that throws or hands over a closed socket fails its attempt', async t => {
+  const { url } = await serve(t)
+  const closed = new WebSocket(url)
+  await once(closed, 'open')
+  closed.close()
+  await once(closed, 'close')
+  // The closed socket first: an error of the very first attempt would be emitted inside the constructor.
+  const attempts: Array<() => WebSocket> = [() => closed, () => { throw new Error('no token yet') }]
+  const c = client(t, () => (attempts.shift() ?? (() => { throw new Error('no third attempt') }))(), { reconnect: { baseDelay: 5, maxDelay: 10, maxAttempts: 2 } })
+  const errors: string[] = []
+  c.on('error', e => errors.push(e.message))
+  assert.equal((await rejection(c.request('todos', 'list')) as DrizzleClientError).type, 'disconnect')
+  assert.deepEqual(errors.map(m => m.replace(/:.*/, '')), ['Connection attempt failed', 'Connection attempt failed', 'DrizzleClient gave up after 2 failed attempts'])
+  assert.match(errors[0] ?? '', /closing or closed/)
+  assert.match(errors[1] ?? '', /no token yet/)
+})
+
+test('a socket the connect function produces after close() is dropped, connecting or open, without an error', async t => {
+  const { app, url } = await serve(t)
+  for (const wait of [false, true]) {
+    let hand: (socket: WebSocket) => void = () => assert.fail('the connect function was not called')
+    const late = new DrizzleClient(() => new Promise<WebSocket>(resolve => { hand = resolve }), { WebSocket })
+    const opened: unknown[] = []
+    late.on('open', e => opened.push(e))
+    await late.close()
+    const socket = new WebSocket(url)
+    // An open socket is terminated; a connecting one too, which ws reports as an 'error' event.
+    if (wait) await once(socket, 'open')
+    // Not events.once(): it would reject on that 'error' event, which is ws's, not the client's.
+    const gone = new Promise(resolve => socket.once('close', resolve))
+    hand(socket)
+    await gone
+    assert.equal(late.state, 'closed')
+    assert.deepEqual(opened, [])
+  }
+  for (let i = 0; i < 50 && app.websocketServer.clients.size > 0; i++) await sleep(10)
+  assert.equal(app.websocketServer.clients.size, 0, 'the server saw both sockets go')
 })
 
 test('close() leaves no timers or sockets behind: a Node process using the client exits', async t => {

@@ -1,6 +1,6 @@
 // The README's Testing recipe, run as part of the suite. The README shows the region between the
 // markers below verbatim, except that it imports the client as 'fastify-drizzle/client' where this
-// file imports '../lib/client.js'; the last test checks that it does. Each test's teardown (what it
+// file imports '../lib/client/index.js'; the last test checks that it does. Each test's teardown (what it
 // registers with t.after) is timed from outside the region and must take under 200 ms.
 import { beforeEach, type TestContext } from 'node:test'
 import { readFileSync } from 'node:fs'
@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs'
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import { DrizzleClient } from '../lib/client.js'
+import { DrizzleClient } from '../lib/client/index.js'
 import { buildApp, type ExampleApi } from '../example/app.js'
 
 test('todos.create replies, typed, and a watcher gets the publication', async (t) => {
@@ -61,7 +61,7 @@ test('the README\'s Testing section shows the recipe above, as it is run here', 
   const source = readFileSync(new URL(import.meta.url), 'utf8')
   const region = /\/\/ #region testing-recipe\n([\s\S]*?)\/\/ #endregion testing-recipe\n/.exec(source)?.[1]
   assert.ok(region !== undefined, 'the region markers are in this file')
-  const shown = region.replaceAll("from '../lib/client.js'", "from 'fastify-drizzle/client'")
+  const shown = region.replaceAll("from '../lib/client/index.js'", "from 'fastify-drizzle/client'")
 
   const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
   const section = /\n## Testing\n([\s\S]*?)\n## /.exec(readme)?.[1]

@@ -5,7 +5,7 @@ import Type from 'typebox'
 import { expectTypeOf } from 'expect-type'
 import WebSocket from 'ws'
 import drizzle, { action, type InferApi, type Message } from '../lib/index.js'
-import { DrizzleClient, DrizzleClientError, type Publication, type Unsubscribe } from '../lib/client.js'
+import { DrizzleClient, DrizzleClientError, type Publication, type Unsubscribe } from '../lib/client/index.js'
 
 const app = Fastify()
 await app.register(drizzle)

@@ -1,0 +1,126 @@
+// Topics: the subscriptions the client asked the server for (`subscribe`, renewed after every
+// reconnect), the listeners of topics the server put the socket in itself (`listen`), and the
+// hand-over of each incoming publication to the listeners of its topic.
+import { DrizzleClientError, isClientError, withTopic } from './errors.js'
+import { callSafely, noop, type Emitter } from './emitter.js'
+import type { Link, PendingRequests } from './requests.js'
+import type { ClientEvents, Publication, TopicListener, Unsubscribe } from './types.js'
+
+const TOPIC_RESOURCE = '$topic'
+
+/** One topic the client subscribed to: its listeners, and whether the server confirmed it. */
+interface TopicState {
+  readonly listeners: Set<TopicListener<any>>
+  readonly ready: Promise<void>
+  /** Resolves `ready`, or rejects it with `error`; only the first call counts. */
+  setReady: (error?: unknown) => void
+}
+
+export class ClientTopics {
+  private readonly topics = new Map<string, TopicState>()
+  private readonly listeners = new Map<string, Set<TopicListener<any>>>()
+  /** Per topic, the tail of its $topic requests: a subscribe and a later unsubscribe never overtake each other. */
+  private readonly topicOps = new Map<string, Promise<unknown>>()
+
+  constructor (
+    private readonly link: Pick<Link, 'state'>,
+    private readonly requests: PendingRequests,
+    private readonly events: Emitter<ClientEvents>
+  ) {}
+
+  /** See DrizzleClient.subscribe. */
+  subscribe (topic: string, listener: TopicListener<any>): Unsubscribe {
+    if (this.link.state === 'closed') {
+      const dead = newTopicState()
+      dead.setReady(new DrizzleClientError('disconnect', 'Client is closed', { topic }))
+      return Object.assign(noop, { ready: dead.ready })
+    }
+    let state = this.topics.get(topic)
+    if (state === undefined) {
+      state = newTopicState()
+      this.topics.set(topic, state)
+      // Not open yet: the next open renews every topic in the map.
+      if (this.link.state === 'open') this.sendSubscribe(topic, state)
+    }
+    state.listeners.add(listener)
+    const current = state
+    const stop = (): void => { this.unsubscribe(topic, current, listener) }
+    return Object.assign(stop, { ready: current.ready })
+  }
+
+  /** See DrizzleClient.listen. */
+  listen (topic: string, listener: TopicListener<any>): () => void {
+    let set = this.listeners.get(topic)
+    if (set === undefined) {
+      set = new Set()
+      this.listeners.set(topic, set)
+    }
+    set.add(listener)
+    return () => {
+      set.delete(listener)
+      if (set.size === 0 && this.listeners.get(topic) === set) this.listeners.delete(topic)
+    }
+  }
+
+  /** Hands a publication the server sent to the `publication` event, then to its topic's listeners. */
+  dispatchPublication (frame: Publication): void {
+    this.events.emit('publication', frame)
+    const subscribed = this.topics.get(frame.topic)
+    if (subscribed !== undefined) for (const fn of [...subscribed.listeners]) callSafely(fn, frame.data, frame)
+    const listening = this.listeners.get(frame.topic)
+    if (listening !== undefined) for (const fn of [...listening]) callSafely(fn, frame.data, frame)
+  }
+
+  /** A connection opened: the server knows none of the client's topics yet. */
+  renew (): void {
+    for (const [topic, state] of this.topics) this.sendSubscribe(topic, state)
+  }
+
+  /** The client stopped for good: every unconfirmed subscription rejects its `ready`. */
+  failAll (why: string): void {
+    for (const [topic, state] of this.topics) state.setReady(new DrizzleClientError('disconnect', why, { topic }))
+  }
+
+  private unsubscribe (topic: string, state: TopicState, listener: TopicListener<any>): void {
+    if (!state.listeners.delete(listener) || state.listeners.size > 0 || this.topics.get(topic) !== state) return
+    this.topics.delete(topic)
+    state.setReady(new DrizzleClientError('disconnect', 'Unsubscribed before the server confirmed', { topic }))
+    // A closed connection already dropped the server-side subscription: only an open one needs telling.
+    if (this.link.state !== 'open') return
+    this.topicOp(topic, () => this.requests.add(TOPIC_RESOURCE, 'unsubscribe', { topic })).catch((err: unknown) => {
+      if (isClientError(err) && err.type !== 'disconnect') this.events.emit('error', withTopic(err, topic))
+    })
+  }
+
+  private sendSubscribe (topic: string, state: TopicState): void {
+    this.topicOp(topic, () => this.requests.add(TOPIC_RESOURCE, 'subscribe', { topic })).then(() => {
+      state.setReady()
+    }, (err: unknown) => {
+      // A disconnect is not a refusal: the next open renews the subscription.
+      if (isClientError(err) && err.type === 'disconnect') return
+      const error = isClientError(err) ? withTopic(err, topic) : new DrizzleClientError('protocol', String(err), { topic, cause: err })
+      if (error.type === 'server' && this.topics.get(topic) === state) this.topics.delete(topic)
+      state.setReady(error)
+      this.events.emit('error', error)
+    })
+  }
+
+  private topicOp (topic: string, op: () => Promise<unknown>): Promise<unknown> {
+    const previous = this.topicOps.get(topic) ?? Promise.resolve()
+    const next = previous.then(op, op)
+    const tail = next.then(noop, noop)
+    this.topicOps.set(topic, tail)
+    tail.then(() => { if (this.topicOps.get(topic) === tail) this.topicOps.delete(topic) })
+    return next
+  }
+}
+
+function newTopicState (): TopicState {
+  let setReady: (error?: unknown) => void = noop
+  const ready = new Promise<void>((resolve, reject) => {
+    setReady = error => { if (error === undefined) resolve(); else reject(error) }
+  })
+  // Marks the promise handled: a refusal is also an `error` event, and awaiting `ready` is optional.
+  ready.catch(noop)
+  return { listeners: new Set(), ready, setReady }
+}

@@ -40,7 +40,7 @@ const WS_CHANNEL = 'drizzle'
 const ERROR_MESSAGE = 'error'
 const TOPIC_RESOURCE = '$topic'
 
-// Codes the plugin itself sends (DESIGN section 3); a handler's own 4xx errors add theirs.
+// Codes the plugin itself sends (README, Protocol); a handler's own 4xx errors add theirs.
 const PROTOCOL_CODES = ['VALIDATION_ERROR', 'RESOURCE_NOT_FOUND', 'ACTION_NOT_FOUND', 'TOPIC_NOT_FOUND', 'UNAUTHORIZED', 'FORBIDDEN',
   'TOO_MANY_REQUESTS', 'ACTION_TIMEOUT', 'SERVICE_UNAVAILABLE', 'INTERNAL_ERROR']
 

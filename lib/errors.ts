@@ -1,6 +1,6 @@
 import { createError } from '@fastify/error'
 
-// Errors sent to clients in error frames. Their codes are the wire protocol (DESIGN section 3):
+// Errors sent to clients in error frames. Their codes are the wire protocol (README, Protocol):
 // clients and outside tests match on them, so they carry no FST_ prefix.
 export const ValidationError = createError('VALIDATION_ERROR', '%s', 400)
 export const ResourceNotFoundError = createError('RESOURCE_NOT_FOUND', 'Resource "%s" not found', 404)

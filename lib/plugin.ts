@@ -18,7 +18,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   // own hook can let actions in flight reply: when we register it, our shutdown replaces it.
   const ownsWebsocket = !fastify.hasDecorator('websocketServer')
   if (ownsWebsocket) {
-    // closeTimeout bounds how long a peer that never answers a close can hold its socket (NOTES.md).
+    // closeTimeout bounds how long a peer that never answers a close can hold its socket (README, Limits and shutdown).
     const wsOptions = { maxPayload: options.maxPayload, closeTimeout: 1000, perMessageDeflate: false, ...options.websocket }
     await fastify.register(websocket, {
       options: wsOptions as NonNullable<Parameters<typeof websocket>[1]['options']>,

@@ -3,7 +3,7 @@ import { Compile } from 'typebox/compile'
 import sjson from 'secure-json-parse'
 import { ValidationError, validationError } from './errors.js'
 
-// Wire protocol v1 (DESIGN section 3). Everything that turns bytes into envelopes and replies into
+// Wire protocol v1 (README, Protocol). Everything that turns bytes into envelopes and replies into
 // bytes lives here, so the connection and dispatch code never touch JSON directly.
 
 export const MAX_REQUEST_ID_LENGTH = 256

@@ -78,7 +78,7 @@ const defaults: Settings = {
 }
 
 /**
- * A broker that carries publications through a RabbitMQ direct exchange (DESIGN section 6): routing
+ * A broker that carries publications through a RabbitMQ direct exchange (README, Brokers): routing
  * key = topic, body = `{"data": ..., "event"?: ...}`, so any AMQP client can publish to it.
  */
 export function amqpBroker (options: AmqpBrokerOptions = {}): Broker {
@@ -359,7 +359,7 @@ class AmqpBroker implements Broker {
 
   /**
    * Publishes on the confirm channel and resolves once RabbitMQ has taken the message. A confirm
-   * channel rather than a plain one because DESIGN section 6 wants publish to report failure instead of
+   * channel rather than a plain one because publish must report failure instead of
    * losing it: a plain channel's publish "succeeds" once bytes are buffered, even if the socket dies
    * right after. Confirms are pipelined, so concurrent publications do not wait for each other.
    */

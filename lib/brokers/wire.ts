@@ -2,7 +2,7 @@ import sjson from 'secure-json-parse'
 import type { BrokerLogger } from './types.js'
 
 /**
- * The language-neutral broker message (DESIGN section 6): `{"data": <payload>, "event"?: "<name>"}`.
+ * The language-neutral broker message (README, Brokers): `{"data": <payload>, "event"?: "<name>"}`.
  * Publications made by one of our brokers also carry `"origin"`, the publishing broker's id, so that
  * it can skip its own message when the broker echoes it back; other consumers can ignore that field.
  */

@@ -40,14 +40,15 @@ function run (file: string, args: string[], cwd: string, timeout: number): Promi
 
 /**
  * The environment without what `npm test` exported for this repository: npm_config_local_prefix
- * (and the like) would point the temp app's npm at this checkout. Where npm finds its cache,
- * registry, certificates and proxies is kept.
+ * (and the like) would point the temp app's npm at this checkout, and c8's NODE_V8_COVERAGE would
+ * record tsc and npm. Where npm finds its cache, registry, certificates and proxies is kept.
  */
 function cleanEnv (): NodeJS.ProcessEnv {
   const keep = new Set(['cache', 'cafile', 'registry', 'userconfig', 'globalconfig', 'proxy', 'https_proxy', 'noproxy', 'strict_ssl'])
   const env: NodeJS.ProcessEnv = {}
   for (const [key, value] of Object.entries(process.env)) {
     const lower = key.toLowerCase()
+    if (key === 'NODE_V8_COVERAGE') continue
     if (lower.startsWith('npm_config_') ? keep.has(lower.slice('npm_config_'.length)) : !lower.startsWith('npm_')) env[key] = value
   }
   return env

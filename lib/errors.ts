@@ -1,4 +1,4 @@
-import createError from '@fastify/error'
+import { createError } from '@fastify/error'
 
 // Errors sent to clients in error frames. Their codes are the wire protocol (PROTOCOL.md, Error codes):
 // clients and outside tests match on them, so they carry no FST_ prefix.

@@ -1,3 +1,6 @@
+// Brings @fastify/websocket's declarations (app.injectWS, the websocket route option) into every app
+// that imports this package, so a test can call app.injectWS without importing @fastify/websocket itself.
+/// <reference types="@fastify/websocket" preserve="true" />
 import { drizzle } from './plugin.js'
 
 export default drizzle

@@ -6,7 +6,7 @@ import { BrokerClosedError, BrokerUnavailableError, InvalidOptionError, InvalidT
 
 /**
  * An ioredis client. Left non-generic on purpose: a `Redis<'resp3'>` of ioredis 6 is assignable to
- * it, and the declaration stays valid for ioredis 5, which the peer range allows.
+ * it, and the declaration does not depend on ioredis 6's generic parameters.
  */
 export type RedisClient = Redis
 

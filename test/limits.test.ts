@@ -231,16 +231,24 @@ describe('maxInFlight', () => {
 describe('rateLimit', () => {
   test('default is 10,000 per 1000 ms: request 10,001 of a burst is refused with 429', async (t) => {
     assert.deepEqual(DEFAULTS.rateLimit, { max: 10_000, timeWindow: 1000 })
-    // maxInFlight is raised so that only the rate limit is measured.
-    const app = await build(t, { maxInFlight: 1_000_000 }, resources)
-    const client = await inject(t, app)
-    const started = performance.now()
-    const replies = await burst(client, 10_050, 'echo', 'get', undefined)
-    const elapsed = performance.now() - started
-    // The count is exact only if the whole burst arrived within one window.
-    if (elapsed < 900) assert.equal(replies.filter(isTooMany).length, 50)
-    else assert.ok(replies.filter(isTooMany).length > 0)
-    assert.match(replies.find(isTooMany)?.error, /Rate limit of 10000 requests per 1000 ms exceeded/)
+    // The in-flight limits are raised so that only the rate limit is measured.
+    const app = await build(t, { maxInFlight: 1_000_000, maxInFlightTotal: 1_000_000 }, resources)
+    // The count is exact only if the whole burst falls in one window: a machine too busy to serve
+    // 10,050 requests within 900 ms tries again (the mechanism itself is proven exactly with a small
+    // rateLimit below, where timing cannot interfere).
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const client = await inject(t, app)
+      const started = performance.now()
+      const replies = await burst(client, 10_050, 'echo', 'get', undefined)
+      const elapsed = performance.now() - started
+      if (elapsed >= 900) {
+        t.diagnostic(`attempt ${attempt}: the burst took ${Math.round(elapsed)} ms, more than one window`)
+        continue
+      }
+      assert.equal(replies.filter(isTooMany).length, 50)
+      assert.match(replies.find(isTooMany)?.error, /Rate limit of 10000 requests per 1000 ms exceeded/)
+      return
+    }
   })
 
   test('a small rateLimit refuses the excess, then the next window admits again', async (t) => {

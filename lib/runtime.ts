@@ -228,7 +228,16 @@ export class Runtime implements ContextHost<Peer> {
 
   /** What a broker calls with a publication from another process. */
   deliver (topic: string, data: unknown, event: string | undefined): void {
-    this.deliverJson(topic, JSON.stringify(data) ?? 'null', event)
+    let json: string
+    try {
+      json = JSON.stringify(data) ?? 'null'
+    } catch (err) {
+      // Data nested past the call stack (JSON.parse takes what JSON.stringify cannot give back):
+      // garbage from another process, dropped with a warning, without the payload.
+      this.log.warn({ topic, reason: (err as Error).message }, 'dropped a publication from the broker that cannot be serialized')
+      return
+    }
+    this.deliverJson(topic, json, event)
   }
 
   private deliverJson (topic: string, json: string, event: string | undefined): void {

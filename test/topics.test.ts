@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import createError from '@fastify/error'
 import type { FastifyInstance } from 'fastify'
 import { build, connect, inject, listen, type TestClient } from './helpers/client.js'
+import { recordingLogger } from './helpers/logger.js'
 
 const Unauthorized = createError('UNAUTHORIZED', 'Who are you?', 401)
 
@@ -254,4 +255,21 @@ test('__all__ stays subscribed even where a one-segment :param pattern matches i
   }
   assert.equal(app.drizzle.subscriberCount('__all__'), 1)
   assert.deepEqual((await client.request('$topic', 'subscribe', { topic: 'lobby' })).data, { topic: 'lobby', subscribed: true })
+})
+
+test('a broker publication nested too deep to serialize is dropped with one warning, not an error', async (t) => {
+  const logger = recordingLogger()
+  const app = await build(t, {}, undefined, { loggerInstance: logger })
+  const client = await inject(t, app)
+  let deep: unknown = 1
+  for (let i = 0; i < 100_000; i++) deep = [deep]
+  const rt = (app.drizzle as unknown as { rt: { deliver (topic: string, data: unknown, event?: string): void } }).rt
+  rt.deliver('__all__', deep)
+  rt.deliver('__all__', { after: true })
+  const frame = await client.waitFor(f => 'topic' in f)
+  assert.deepEqual(frame, { topic: '__all__', data: { after: true } })
+  const dropped = logger.entries.filter(entry => entry.msg === 'dropped a publication from the broker that cannot be serialized')
+  assert.equal(dropped.length, 1)
+  assert.equal(dropped[0]?.level, 'warn')
+  assert.deepEqual(logger.entries.filter(entry => entry.level === 'error' || entry.level === 'fatal'), [])
 })

@@ -65,15 +65,15 @@ function warnings (sink: FakeSink): string[] {
 
 test('options are validated with coded errors that say what was received', () => {
   const cases: Array<[unknown, RegExp]> = [
-    [null, /"options": an object, received null/],
-    [{ url: 'http://example.com' }, /"url": an amqp:\/\/ or amqps:\/\/ URL/],
+    [null, /"options": expected an object, received null/],
+    [{ url: 'http://example.com' }, /"url": expected an amqp:\/\/ or amqps:\/\/ URL/],
     [{ url: 42 }, /"url".*received number \(42\)/],
-    [{ exchange: '' }, /"exchange": a non-empty string/],
+    [{ exchange: '' }, /"exchange": expected a non-empty string/],
     [{ exchange: 'x'.repeat(256) }, /"exchange"/],
-    [{ log: {} }, /"log": a logger with error, warn, info and debug methods/],
-    [{ maxMessageBytes: -1 }, /"maxMessageBytes": a positive integer, received number \(-1\)/],
+    [{ log: {} }, /"log": expected a logger with error, warn, info and debug methods/],
+    [{ maxMessageBytes: -1 }, /"maxMessageBytes": expected a positive integer, received number \(-1\)/],
     [{ publishTimeout: 1.5 }, /"publishTimeout"/],
-    [{ reconnectMinDelay: 1000, reconnectMaxDelay: 10 }, /"reconnectMaxDelay": a number of milliseconds >= reconnectMinDelay/]
+    [{ reconnectMinDelay: 1000, reconnectMaxDelay: 10 }, /"reconnectMaxDelay": expected a number of milliseconds >= reconnectMinDelay/]
   ]
   for (const [options, message] of cases) {
     assert.throws(() => amqpBroker(options as AmqpBrokerOptions), (err: Error & { code?: string }) => {

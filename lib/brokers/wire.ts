@@ -1,8 +1,7 @@
 import sjson from 'secure-json-parse'
-import type { BrokerLogger } from './types.js'
 
 /**
- * The language-neutral broker message (DESIGN section 6): `{"data": <payload>, "event"?: "<name>"}`.
+ * The language-neutral broker message (README "The wire format"): `{"data": <payload>, "event"?: "<name>"}`.
  * Publications made by one of our brokers also carry `"origin"`, the publishing broker's id, so that
  * it can skip its own message when the broker echoes it back; other consumers can ignore that field.
  */
@@ -53,13 +52,4 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 /** Random id that tags a broker's own publications. */
 export function originId (): string {
   return globalThis.crypto.randomUUID()
-}
-
-/** What a standalone broker logs to when given no logger. */
-export const silentLogger: BrokerLogger = { error () {}, warn () {}, info () {}, debug () {} }
-
-export function isBrokerLogger (value: unknown): value is BrokerLogger {
-  if (value === null || typeof value !== 'object') return false
-  const candidate = value as Record<string, unknown>
-  return ['error', 'warn', 'info', 'debug'].every((level) => typeof candidate[level] === 'function')
 }

@@ -248,21 +248,32 @@ function whenReady (connection: RedisClient, timeoutMs: number): Promise<boolean
   // A user's client created with lazyConnect: a command would have connected it too.
   if (connection.status === 'wait') connection.connect().catch(noop)
   else if (connection.status !== 'connecting' && connection.status !== 'connect') return Promise.resolve(false)
-  return new Promise((resolve) => {
+  return withTimeout(readyOrDown(connection), timeoutMs, 'Redis').catch(() => false)
+}
+
+// One wait per connection, shared by every caller: a listener per waiting publication would pass
+// EventEmitter's limit of ten and print MaxListenersExceededWarning under a burst of publications.
+const readiness = new WeakMap<RedisClient, Promise<boolean>>()
+
+function readyOrDown (connection: RedisClient): Promise<boolean> {
+  let outcome = readiness.get(connection)
+  if (outcome !== undefined) return outcome
+  outcome = new Promise<boolean>((resolve) => {
     const finish = (ready: boolean): void => {
-      clearTimeout(timer)
       connection.off('ready', onReady)
       connection.off('close', onDown)
       connection.off('end', onDown)
+      readiness.delete(connection)
       resolve(ready)
     }
     const onReady = (): void => finish(true)
     const onDown = (): void => finish(false)
-    const timer = setTimeout(onDown, timeoutMs)
     connection.once('ready', onReady)
     connection.once('close', onDown)
     connection.once('end', onDown)
   })
+  readiness.set(connection, outcome)
+  return outcome
 }
 
 // QUIT lets Redis finish what was sent; when Redis is away or slow, disconnect() ends it at once

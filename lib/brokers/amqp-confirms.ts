@@ -2,7 +2,7 @@ import type { ConfirmChannel } from 'amqplib'
 import { BrokerUnavailableError } from '../errors.js'
 import { errorMessage } from './toolkit.js'
 
-type Settle = (err?: Error) => void
+type Done = (err?: Error) => void
 
 /**
  * Publications sent on a confirm channel and not confirmed yet, bounded in bytes and in time. A
@@ -12,8 +12,8 @@ type Settle = (err?: Error) => void
  * wait for each other.
  */
 export class PendingConfirms {
-  /** Settlers of the publications awaiting a confirm, so a lost connection or close() fails them at once. */
-  private readonly pending = new Set<Settle>()
+  /** Completions of the publications awaiting a confirm, so a lost connection or close() fails them at once. */
+  private readonly pending = new Set<Done>()
   private pendingBytes = 0
 
   constructor (
@@ -29,32 +29,32 @@ export class PendingConfirms {
       return Promise.reject(new BrokerUnavailableError(this.broker, `${this.pendingBytes} bytes already await confirmation`))
     }
     return new Promise<void>((resolve, reject) => {
-      const settle: Settle = (err) => {
-        if (!this.pending.delete(settle)) return
+      const done: Done = (err) => {
+        if (!this.pending.delete(done)) return
         clearTimeout(timer)
         this.pendingBytes -= size
         if (err === undefined) resolve()
         else reject(err)
       }
       const timer = setTimeout(() => {
-        settle(new BrokerUnavailableError(this.broker, `RabbitMQ did not confirm within ${this.timeoutMs} ms`))
+        done(new BrokerUnavailableError(this.broker, `RabbitMQ did not confirm within ${this.timeoutMs} ms`))
       }, this.timeoutMs)
-      this.pending.add(settle)
+      this.pending.add(done)
       this.pendingBytes += size
       try {
         // The return value (write buffer above its mark) is ignored on purpose: what waits for the
         // server is bounded by maxBytes and by the confirm timeout.
         channel.publish(exchange, topic, body, { contentType: 'application/json' }, (err: unknown) => {
-          settle(err == null ? undefined : new BrokerUnavailableError(this.broker, `RabbitMQ refused the publication (${errorMessage(err)})`))
+          done(err == null ? undefined : new BrokerUnavailableError(this.broker, `RabbitMQ refused the publication (${errorMessage(err)})`))
         })
       } catch (err) {
-        settle(new BrokerUnavailableError(this.broker, errorMessage(err)))
+        done(new BrokerUnavailableError(this.broker, errorMessage(err)))
       }
     })
   }
 
   /** Rejects every publication still awaiting its confirm. */
   failAll (err: Error): void {
-    for (const settle of [...this.pending]) settle(err)
+    for (const done of [...this.pending]) done(err)
   }
 }

@@ -176,6 +176,9 @@ const PUBLIC_5XX = new Set(['ACTION_TIMEOUT', 'SERVICE_UNAVAILABLE'])
 export function toWireError (err: unknown): WireError {
   if (err !== null && typeof err === 'object') {
     const e = err as { statusCode?: unknown, status?: unknown, code?: unknown, message?: unknown, details?: unknown }
+    // A topic a handler took from the client and could not subscribe or publish to: the client's
+    // mistake, answered as one (the server API's FST_DRIZZLE_INVALID_TOPIC is not a wire code).
+    if (e.code === 'FST_DRIZZLE_INVALID_TOPIC') return { code: 'VALIDATION_ERROR', message: String(e.message), statusCode: 400 }
     const status = typeof e.statusCode === 'number' ? e.statusCode : e.status
     const code = typeof e.code === 'string' && e.code.length > 0 ? e.code : undefined
     if (typeof status === 'number' && Number.isInteger(status) && status >= 400 && status < 500) {

@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import type { Broker } from './brokers/types.js'
 import { InvalidTopicError, DuplicateTopicError, describe } from './errors.js'
-import { encodePublicationJson, MAX_NAME_LENGTH } from './protocol.js'
+import { checkTopic } from './brokers/topic.js'
+import { encodePublicationJson } from './protocol.js'
 
 export const ALL_TOPIC = '__all__'
 
@@ -32,22 +33,8 @@ export interface DeclaredTopic {
   scope: FastifyInstance
 }
 
-/** Checks a topic name given by the app or a client: a non-empty string of bounded length. */
-export function checkTopic (topic: unknown): asserts topic is string {
-  const reason = topicProblem(topic)
-  if (reason !== undefined) throw new InvalidTopicError(`${reason}, received ${describe(topic)}`)
-}
-
-/**
- * Why a topic name is unusable, or undefined. Lone surrogates are refused: brokers encode names as
- * UTF-8, where every lone surrogate becomes U+FFFD, so "rooms/\ud800" and "rooms/\udfff" would share
- * one channel and their publications would cross.
- */
-export function topicProblem (topic: unknown): string | undefined {
-  if (typeof topic !== 'string' || topic.length === 0 || topic.length > MAX_NAME_LENGTH) return `expected a non-empty string of at most ${MAX_NAME_LENGTH} characters`
-  if (!topic.isWellFormed()) return 'expected well-formed Unicode (no lone surrogates)'
-  return undefined
-}
+// The topic rule lives beside the brokers, which apply it without loading the plugin.
+export { checkTopic, topicProblem } from './brokers/topic.js'
 
 export function parsePattern (pattern: unknown, options: unknown, scope: FastifyInstance): DeclaredTopic {
   checkTopic(pattern)

@@ -22,6 +22,7 @@ import {
 import type { FakeSink } from './helpers/rabbit.js'
 import { python, pythonMissing } from './helpers/python.js'
 import { recordingLogger } from './helpers/logger.js'
+import { build, inject } from './helpers/client.js'
 
 const skip = await rabbitSkipReason()
 const WORKER = fileURLToPath(new URL('./fixtures/amqp-worker.ts', import.meta.url))
@@ -65,15 +66,15 @@ function warnings (sink: FakeSink): string[] {
 
 test('options are validated with coded errors that say what was received', () => {
   const cases: Array<[unknown, RegExp]> = [
-    [null, /"options": an object, received null/],
-    [{ url: 'http://example.com' }, /"url": an amqp:\/\/ or amqps:\/\/ URL/],
+    [null, /"options": expected an object, received null/],
+    [{ url: 'http://example.com' }, /"url": expected an amqp:\/\/ or amqps:\/\/ URL/],
     [{ url: 42 }, /"url".*received number \(42\)/],
-    [{ exchange: '' }, /"exchange": a non-empty string/],
+    [{ exchange: '' }, /"exchange": expected a non-empty string/],
     [{ exchange: 'x'.repeat(256) }, /"exchange"/],
-    [{ log: {} }, /"log": a logger with error, warn, info and debug methods/],
-    [{ maxMessageBytes: -1 }, /"maxMessageBytes": a positive integer, received number \(-1\)/],
+    [{ log: {} }, /"log": expected a logger with error, warn, info and debug methods/],
+    [{ maxMessageBytes: -1 }, /"maxMessageBytes": expected a positive integer, received number \(-1\)/],
     [{ publishTimeout: 1.5 }, /"publishTimeout"/],
-    [{ reconnectMinDelay: 1000, reconnectMaxDelay: 10 }, /"reconnectMaxDelay": a number of milliseconds >= reconnectMinDelay/]
+    [{ reconnectMinDelay: 1000, reconnectMaxDelay: 10 }, /"reconnectMaxDelay": expected a number of milliseconds >= reconnectMinDelay/]
   ]
   for (const [options, message] of cases) {
     assert.throws(() => amqpBroker(options as AmqpBrokerOptions), (err: Error & { code?: string }) => {
@@ -412,4 +413,27 @@ test('standalone publish with RabbitMQ absent rejects promptly and close() is qu
   assert.ok(!JSON.stringify(log.entries.map((e) => e.obj)).includes('secret'))
   await broker.close()
   assert.ok(Date.now() - started < 1000)
+})
+
+test('the plugin refuses, where it enters, a topic RabbitMQ cannot carry: never subscribed: true', { skip }, async (t) => {
+  const exchange = exchangeFor(t, 'entry')
+  const app = await build(t, { broker: amqpBroker({ exchange }) }, a => {
+    a.drizzle.topic('rooms/:id')
+    a.drizzle.resource('chat', { async join (message, ctx) { return await ctx.subscribe((message.data as { topic: string }).topic) } })
+  })
+  await app.ready()
+  const client = await inject(t, app)
+  const topic = 'rooms/' + 'é'.repeat(126) // 132 characters, 258 bytes of UTF-8
+  const refused = await client.request('$topic', 'subscribe', { topic })
+  assert.equal(refused.code, 'VALIDATION_ERROR')
+  assert.equal(refused.statusCode, 400)
+  assert.deepEqual(refused.details, [{ path: '/data/topic', message: 'expected at most 255 bytes of UTF-8, the AMQP routing key limit' }])
+  assert.equal(app.drizzle.subscriberCount(topic), 0)
+  await assert.rejects(app.drizzle.publish(topic, 1), { code: 'FST_DRIZZLE_INVALID_TOPIC', message: /255 bytes/ })
+  // A handler's ctx.subscribe throws the server API's error; uncaught, the client sees it as its own mistake.
+  const joined = await client.request('chat', 'join', { topic })
+  assert.equal(joined.code, 'VALIDATION_ERROR')
+  assert.match(joined.error, /^Invalid topic: expected at most 255 bytes of UTF-8/)
+  const fits = 'rooms/' + 'é'.repeat(124) // 254 bytes
+  assert.deepEqual((await client.request('$topic', 'subscribe', { topic: fits })).data, { topic: fits, subscribed: true })
 })

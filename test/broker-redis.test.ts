@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import { spawn, execFile } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
+import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { redisBroker, type RedisBrokerOptions } from '../lib/brokers/redis.js'
@@ -418,4 +419,29 @@ test('close() resolves quickly while Redis is down', needsRedisServer, async (t)
   await b.close()
   assert.ok(Date.now() - started < 1000)
   await rejectsWithCode(b.publish('todos', 1), 'FST_DRIZZLE_BROKER_CLOSED')
+})
+
+test('a burst of publications waiting for a connection shares one wait: no MaxListenersExceededWarning', async (t) => {
+  // A server that accepts TCP and never answers keeps the connection in its handshake.
+  const silent = createServer(() => {})
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.after(() => silent.close())
+  const port = (silent.address() as { port: number }).port
+  const warnings: Error[] = []
+  const onWarning = (warning: Error): void => { warnings.push(warning) }
+  process.on('warning', onWarning)
+  t.after(() => process.off('warning', onWarning))
+
+  const b = redisBroker({ url: `redis://127.0.0.1:${port}`, prefix: uniquePrefix(), commandTimeout: 300 })
+  t.after(() => b.close())
+  const started = Date.now()
+  const results = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => b.publish('todos', i)))
+  assert.ok(Date.now() - started < 2000, 'every publication is answered within about commandTimeout')
+  for (const result of results) {
+    assert.equal(result.status, 'rejected')
+    assert.equal((result as PromiseRejectedResult).reason.code, 'FST_DRIZZLE_BROKER_UNAVAILABLE')
+  }
+  await new Promise((resolve) => setImmediate(resolve)) // warnings are emitted on the next tick
+  assert.deepEqual(warnings.map((w) => w.name), [])
 })

@@ -1,15 +1,14 @@
 import amqp from 'amqplib'
 import type { ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib'
-import type { Broker, BrokerLogger, BrokerSink, PublishOptions } from './types.js'
+import type { Broker, BrokerLogger } from './types.js'
 export type { BrokerLogger } from './types.js'
-import { DEFAULT_MAX_MESSAGE_BYTES, decodeBrokerMessage, encodeBrokerMessage, isBrokerLogger, originId, silentLogger } from './wire.js'
-import {
-  BrokerClosedError,
-  BrokerUnavailableError,
-  InvalidOptionError,
-  InvalidTopicError,
-  describe
-} from '../errors.js'
+import { BaseBroker, type BaseSettings } from './base.js'
+import { DEFAULT_MAX_MESSAGE_BYTES } from './wire.js'
+import { backoffDelay } from './backoff.js'
+import { TimeoutError, toError, withTimeout } from './toolkit.js'
+import { PendingConfirms } from './amqp-confirms.js'
+import { fail, logger, positiveInteger, readOptions, redact, silentLogger, url, withDefault, type Check } from './options.js'
+import { BrokerClosedError, BrokerUnavailableError } from '../errors.js'
 
 // This is the only module that imports amqplib (an optional peer dependency): the plugin itself never
 // loads it, only `fastify-drizzle/amqp` does. It relies on the promise API common to amqplib 0.10 to 2.x
@@ -25,7 +24,7 @@ export interface AmqpBrokerOptions {
   log?: BrokerLogger
   /** Larger incoming messages are dropped, larger publications rejected. Default 1 MiB. */
   maxMessageBytes?: number
-  /** First delay before reconnecting after an outage, in ms; doubled per failed attempt. Default 100. */
+  /** Ceiling of the first reconnect delay after an outage, in ms; doubled per failed attempt. Default 100. */
   reconnectMinDelay?: number
   /** Cap of the reconnect delay, in ms. Default 5000. */
   reconnectMaxDelay?: number
@@ -37,11 +36,9 @@ export interface AmqpBrokerOptions {
   maxPendingBytes?: number
 }
 
-interface Settings {
+interface Settings extends BaseSettings {
   url: string
   exchange: string
-  log: BrokerLogger | undefined
-  maxMessageBytes: number
   reconnectMinDelay: number
   reconnectMaxDelay: number
   connectTimeout: number
@@ -59,65 +56,40 @@ interface Session {
   blocked: string | undefined
 }
 
-type Settle = (err?: Error) => void
-
 const NAME = 'amqp'
 const MAX_ROUTING_KEY_BYTES = 255
 const CLOSE_TIMEOUT_MS = 2000
 
-const defaults: Settings = {
-  url: 'amqp://guest:guest@127.0.0.1:5672',
-  exchange: 'drizzle',
-  log: undefined,
-  maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
-  reconnectMinDelay: 100,
-  reconnectMaxDelay: 5000,
-  connectTimeout: 5000,
-  publishTimeout: 5000,
-  maxPendingBytes: 16 * 1024 * 1024
-}
+function noop (): void {}
 
 /**
  * A broker that carries publications through a RabbitMQ direct exchange (PROTOCOL.md, RabbitMQ): routing
  * key = topic, body = `{"data": ..., "event"?: ...}`, so any AMQP client can publish to it.
  */
 export function amqpBroker (options: AmqpBrokerOptions = {}): Broker {
-  return new AmqpBroker(validateOptions(options))
+  return new AmqpBroker(readSettings(options))
 }
 
-class AmqpBroker implements Broker {
-  readonly name = NAME
+/**
+ * Owns one connection at a time (a Session) and its reconnection: an attempt in flight, the timer of
+ * the next one and the count of failures the backoff grows with. The connection state says which
+ * step it is at; a new session declares the exchange, a fresh queue and its bindings from `topics`.
+ */
+class AmqpBroker extends BaseBroker {
   private readonly settings: Settings
-  private readonly origin = originId()
-  /** Topics with local subscribers: bound now, and bound again on every new queue after a reconnect. */
-  private readonly topics = new Set<string>()
-  /** Settlers of publications awaiting a confirm, so a lost connection or close() fails them at once. */
-  private readonly pending = new Set<Settle>()
-  private pendingBytes = 0
-  private sink: BrokerSink | undefined
+  private readonly confirms: PendingConfirms
   private session: Session | undefined
   private connecting: Promise<void> | undefined
   private retryTimer: NodeJS.Timeout | undefined
-  private attempt = 0
-  private started = false
-  /** True from the first failure until a connection works again: the outage is logged once. */
-  private outage = false
-  private lastError = 'not connected yet'
-  private closed = false
-  private closing: Promise<void> | undefined
+  private failures = 0
 
   constructor (settings: Settings) {
+    super(NAME, 'RabbitMQ', settings, { url: redact(settings.url), exchange: settings.exchange })
     this.settings = settings
+    this.confirms = new PendingConfirms(NAME, settings.maxPendingBytes, settings.publishTimeout)
   }
 
-  private get log (): BrokerLogger {
-    return this.sink?.log ?? this.settings.log ?? silentLogger
-  }
-
-  async attach (sink: BrokerSink): Promise<void> {
-    if (this.closed) throw new BrokerClosedError(NAME)
-    if (this.sink !== undefined) throw new Error('The amqp broker is already attached')
-    this.sink = sink
+  protected async open (): Promise<void> {
     // Waits for the first attempt only: when RabbitMQ is down the plugin still starts, and the queue
     // and bindings are created with the connection that comes later.
     await this.start()
@@ -128,10 +100,7 @@ class AmqpBroker implements Broker {
     }
   }
 
-  async subscribe (topic: string): Promise<void> {
-    checkTopic(topic)
-    if (this.closed) return
-    this.topics.add(topic)
+  protected async bind (topic: string): Promise<void> {
     const session = this.session
     if (session?.queue === undefined) return
     try {
@@ -142,8 +111,7 @@ class AmqpBroker implements Broker {
     }
   }
 
-  async unsubscribe (topic: string): Promise<void> {
-    if (!this.topics.delete(topic)) return
+  protected async unbind (topic: string): Promise<void> {
     const session = this.session
     if (session?.queue === undefined) return
     try {
@@ -154,47 +122,34 @@ class AmqpBroker implements Broker {
     }
   }
 
-  async publish (topic: string, data: unknown, options: PublishOptions = {}): Promise<void> {
-    if (this.closed) throw new BrokerClosedError(NAME)
-    checkTopic(topic)
-    const event = options.event
-    if (event !== undefined && typeof event !== 'string') {
-      throw new InvalidOptionError('event', 'a string', describe(event))
-    }
-    const body = Buffer.from(encodeBrokerMessage(data, event, this.origin))
-    if (body.length > this.settings.maxMessageBytes) {
-      // Same code as the Redis broker: the publication cannot be carried (subscribers would drop it).
-      throw new BrokerUnavailableError(NAME, `message of ${body.length} bytes exceeds maxMessageBytes (${this.settings.maxMessageBytes})`)
-    }
+  protected async send (topic: string, body: Buffer): Promise<void> {
     const session = await this.sessionForPublish()
-    await this.send(session, topic, body)
+    await this.confirms.publish(session.channel, this.settings.exchange, topic, body)
   }
 
-  close (): Promise<void> {
-    this.closing ??= this.shutdown()
-    return this.closing
-  }
-
-  private async shutdown (): Promise<void> {
-    this.closed = true
+  protected async release (): Promise<void> {
     clearTimeout(this.retryTimer)
     this.retryTimer = undefined
-    this.failPending(new BrokerClosedError(NAME))
+    this.confirms.failAll(new BrokerClosedError(NAME))
     const session = this.session
     this.session = undefined
     if (session !== undefined) await closeConnection(session.connection)
-    // An attempt in flight closes what it opens once it sees `closed`; wait a little for it so no
-    // socket outlives close() when the server answers, but never hang on an unreachable host.
-    if (this.connecting !== undefined) await withTimeout(this.connecting, CLOSE_TIMEOUT_MS)
+    // An attempt in flight closes what it opens once it sees the broker closed; wait a little for it
+    // so no socket outlives close() when the server answers, but never hang on an unreachable host.
+    if (this.connecting !== undefined) await withTimeout(this.connecting, CLOSE_TIMEOUT_MS, 'RabbitMQ').catch(noop)
+  }
+
+  /** The plugin's rule, and the AMQP limit on routing keys (asked by the plugin before it subscribes or publishes). */
+  override topicProblem (topic: string): string | undefined {
+    return super.topicProblem(topic) ??
+      (Buffer.byteLength(topic) > MAX_ROUTING_KEY_BYTES ? `expected at most ${MAX_ROUTING_KEY_BYTES} bytes of UTF-8, the AMQP routing key limit` : undefined)
   }
 
   /** Starts the connection loop once; resolves when the first attempt has succeeded or failed. */
   private start (): Promise<void> {
-    if (!this.started) {
-      this.started = true
-      return this.connect()
-    }
-    return this.connecting ?? Promise.resolve()
+    if (this.state.status !== 'idle') return this.connecting ?? Promise.resolve()
+    this.state.connecting()
+    return this.connect()
   }
 
   private connect (): Promise<void> {
@@ -209,19 +164,19 @@ class AmqpBroker implements Broker {
         timeout: this.settings.connectTimeout,
         clientProperties: { connection_name: `fastify-drizzle ${this.origin}` }
       })
-      if (this.closed) {
+      if (this.state.closed) {
         await closeConnection(connection)
         return
       }
       const session = await this.openSession(connection)
-      if (this.closed) {
+      if (this.state.closed) {
         await closeConnection(connection)
         return
       }
       this.connected(session)
     } catch (err) {
       if (connection !== undefined) await closeConnection(connection)
-      if (!this.closed) this.connectFailed(toError(err))
+      this.connectFailed(toError(err))
     }
   }
 
@@ -259,18 +214,13 @@ class AmqpBroker implements Broker {
 
   private connected (session: Session): void {
     this.session = session
-    this.attempt = 0
-    this.lastError = ''
+    this.failures = 0
     this.log.debug({ broker: NAME, url: redact(this.settings.url), queue: session.queue }, 'Connected to RabbitMQ')
-    if (this.outage) {
-      this.outage = false
-      this.log.info({ broker: NAME, url: redact(this.settings.url) }, 'RabbitMQ connection restored')
-    }
+    this.state.up()
   }
 
   private connectFailed (err: Error): void {
-    this.lastError = err.message
-    this.reportOutage(err, 'cannot connect to RabbitMQ')
+    this.state.lost(err)
     this.scheduleReconnect()
   }
 
@@ -278,28 +228,17 @@ class AmqpBroker implements Broker {
   private dropSession (session: Session, err: Error | undefined): void {
     if (this.session !== session) return
     this.session = undefined
-    this.lastError = err?.message ?? 'connection closed'
-    this.failPending(new BrokerUnavailableError(NAME, `connection lost (${this.lastError})`))
+    const cause = err ?? new Error('connection closed')
+    this.confirms.failAll(new BrokerUnavailableError(NAME, `connection lost (${cause.message})`))
     // Never rejects; the connection may already be closed, which is fine.
     closeConnection(session.connection)
-    if (this.closed) return
-    this.reportOutage(err, 'RabbitMQ connection lost')
+    this.state.lost(cause)
     this.scheduleReconnect()
   }
 
-  private reportOutage (err: Error | undefined, message: string): void {
-    const details = { broker: NAME, url: redact(this.settings.url), exchange: this.settings.exchange, err }
-    if (this.outage) {
-      this.log.debug(details, `${message}, still retrying`)
-      return
-    }
-    this.outage = true
-    this.log.error(details, `${message}; publications fail until it is back, reconnecting`)
-  }
-
   private scheduleReconnect (): void {
-    if (this.closed || this.retryTimer !== undefined) return
-    const delay = backoff(this.attempt++, this.settings.reconnectMinDelay, this.settings.reconnectMaxDelay)
+    if (this.state.closed || this.retryTimer !== undefined) return
+    const delay = backoffDelay(this.failures++, this.settings.reconnectMinDelay, this.settings.reconnectMaxDelay)
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined
       this.connect() // never rejects: failures schedule the next attempt
@@ -325,90 +264,34 @@ class AmqpBroker implements Broker {
       return
     }
     const topic = message.fields.routingKey
-    const decoded = decodeBrokerMessage(message.content, this.settings.maxMessageBytes)
-    if (typeof decoded === 'string') {
-      // Only the reason and the size: the body may be huge or hostile.
-      this.log.warn({ broker: NAME, topic, bytes: message.content.length, reason: decoded }, 'Dropped a malformed broker message')
-      return
-    }
-    // The plugin already delivered our own publications locally.
-    if (decoded.origin === this.origin) return
-    try {
-      this.sink?.deliver(topic, decoded.data, decoded.event)
-    } catch (err) {
-      this.log.error({ broker: NAME, topic, err }, 'Delivering a broker message failed')
-    }
+    this.receive(topic, message.content, { topic })
   }
 
   private async sessionForPublish (): Promise<Session> {
-    if (this.session === undefined && !this.outage) {
+    const status = this.state.status
+    if (status === 'idle' || status === 'connecting') {
       // Standalone use connects lazily; only the very first attempt is awaited. During an outage
       // publications are refused at once rather than queued.
       await this.start()
-      if (this.closed) throw new BrokerClosedError(NAME)
+      if (this.state.closed) throw new BrokerClosedError(NAME)
     }
     const session = this.session
-    if (session === undefined) {
-      throw new BrokerUnavailableError(NAME, `not connected to RabbitMQ (${this.lastError})`)
-    }
+    if (session === undefined) throw this.unavailable(`not connected to RabbitMQ (${this.state.reason})`)
     if (session.blocked !== undefined) {
       throw new BrokerUnavailableError(NAME, `RabbitMQ blocks publishers (${session.blocked})`)
     }
     return session
   }
-
-  /**
-   * Publishes on the confirm channel and resolves once RabbitMQ has taken the message. A confirm
-   * channel rather than a plain one because publish must report a failure to its caller instead of
-   * losing it (README, Outages): a plain channel's publish "succeeds" once bytes are buffered, even if the socket dies
-   * right after. Confirms are pipelined, so concurrent publications do not wait for each other.
-   */
-  private send (session: Session, topic: string, body: Buffer): Promise<void> {
-    const size = body.length
-    if (this.pendingBytes > 0 && this.pendingBytes + size > this.settings.maxPendingBytes) {
-      return Promise.reject(new BrokerUnavailableError(NAME, `${this.pendingBytes} bytes already await confirmation`))
-    }
-    return new Promise<void>((resolve, reject) => {
-      const settle: Settle = (err) => {
-        if (!this.pending.delete(settle)) return
-        clearTimeout(timer)
-        this.pendingBytes -= size
-        if (err === undefined) resolve()
-        else reject(err)
-      }
-      const timer = setTimeout(() => {
-        settle(new BrokerUnavailableError(NAME, `RabbitMQ did not confirm within ${this.settings.publishTimeout} ms`))
-      }, this.settings.publishTimeout)
-      this.pending.add(settle)
-      this.pendingBytes += size
-      try {
-        // The return value (write buffer above its mark) is ignored on purpose: what waits for the
-        // server is bounded by maxPendingBytes and by the confirm timeout.
-        session.channel.publish(this.settings.exchange, topic, body, { contentType: 'application/json' }, (err: unknown) => {
-          settle(err == null ? undefined : new BrokerUnavailableError(NAME, `RabbitMQ refused the publication (${errorMessage(err)})`))
-        })
-      } catch (err) {
-        settle(new BrokerUnavailableError(NAME, errorMessage(err)))
-      }
-    })
-  }
-
-  private failPending (err: Error): void {
-    for (const settle of [...this.pending]) settle(err)
-  }
-}
-
-function checkTopic (topic: unknown): asserts topic is string {
-  if (typeof topic !== 'string') throw new InvalidTopicError(`expected a string, received ${describe(topic)}`)
-  if (Buffer.byteLength(topic) > MAX_ROUTING_KEY_BYTES) {
-    throw new InvalidTopicError(`${describe(topic)} is longer than ${MAX_ROUTING_KEY_BYTES} bytes, the AMQP routing key limit`)
-  }
 }
 
 /** Closes a connection without throwing, and without waiting more than a moment for a silent server. */
 async function closeConnection (connection: ChannelModel): Promise<void> {
-  const closed = await withTimeout(connection.close().then(() => true, () => true), CLOSE_TIMEOUT_MS)
-  if (closed !== true) destroySocket(connection)
+  try {
+    await withTimeout(connection.close(), CLOSE_TIMEOUT_MS, 'RabbitMQ')
+  } catch (err) {
+    // A connection that refused to close was closed already; one that timed out is cut.
+    if (err instanceof TimeoutError) destroySocket(connection)
+  }
 }
 
 function destroySocket (connection: ChannelModel): void {
@@ -417,93 +300,30 @@ function destroySocket (connection: ChannelModel): void {
   internals.connection?.stream?.destroy?.()
 }
 
-/** Resolves with the promise's value, or undefined after `ms`; never rejects, leaves no timer. */
-async function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<undefined>((resolve) => { timer = setTimeout(() => resolve(undefined), ms) })
-  try {
-    return await Promise.race([promise.catch(() => undefined), timeout])
-  } finally {
-    clearTimeout(timer)
-  }
-}
+const OPTIONS = {
+  url: withDefault('amqp://guest:guest@127.0.0.1:5672', url(['amqp:', 'amqps:'])),
+  exchange: withDefault('drizzle', exchangeName),
+  log: withDefault(silentLogger, logger),
+  maxMessageBytes: withDefault(DEFAULT_MAX_MESSAGE_BYTES, positiveInteger()),
+  reconnectMinDelay: withDefault(100, positiveInteger('milliseconds')),
+  reconnectMaxDelay: withDefault(5000, positiveInteger('milliseconds')),
+  connectTimeout: withDefault(5000, positiveInteger('milliseconds')),
+  publishTimeout: withDefault(5000, positiveInteger('milliseconds')),
+  maxPendingBytes: withDefault(16 * 1024 * 1024, positiveInteger())
+} satisfies Record<keyof AmqpBrokerOptions, Check<unknown>>
 
-/** Capped exponential backoff with jitter over the upper half, so instances do not reconnect in step. */
-function backoff (attempt: number, min: number, max: number): number {
-  const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30))
-  return Math.round(ceiling / 2 + Math.random() * ceiling / 2)
-}
-
-/** The URL without its password, for logs and errors. */
-function redact (url: string): string {
-  try {
-    const parsed = new URL(url)
-    if (parsed.password !== '') parsed.password = '***'
-    return parsed.toString()
-  } catch {
-    return '<invalid url>'
-  }
-}
-
-function toError (err: unknown): Error {
-  return err instanceof Error ? err : new Error(String(err))
-}
-
-function errorMessage (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
-}
-
-function validateOptions (options: unknown): Settings {
-  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
-    throw new InvalidOptionError('options', 'an object', describe(options))
-  }
-  const given = options as AmqpBrokerOptions
-  const settings: Settings = {
-    url: checkUrl(given.url ?? defaults.url),
-    exchange: checkExchange(given.exchange ?? defaults.exchange),
-    log: given.log === undefined ? undefined : checkLogger(given.log),
-    maxMessageBytes: checkPositiveInteger('maxMessageBytes', given.maxMessageBytes ?? defaults.maxMessageBytes),
-    reconnectMinDelay: checkPositiveInteger('reconnectMinDelay', given.reconnectMinDelay ?? defaults.reconnectMinDelay),
-    reconnectMaxDelay: checkPositiveInteger('reconnectMaxDelay', given.reconnectMaxDelay ?? defaults.reconnectMaxDelay),
-    connectTimeout: checkPositiveInteger('connectTimeout', given.connectTimeout ?? defaults.connectTimeout),
-    publishTimeout: checkPositiveInteger('publishTimeout', given.publishTimeout ?? defaults.publishTimeout),
-    maxPendingBytes: checkPositiveInteger('maxPendingBytes', given.maxPendingBytes ?? defaults.maxPendingBytes)
-  }
+function readSettings (options: unknown): Settings {
+  const settings = readOptions(options, OPTIONS)
   if (settings.reconnectMaxDelay < settings.reconnectMinDelay) {
-    throw new InvalidOptionError('reconnectMaxDelay', `a number of milliseconds >= reconnectMinDelay (${settings.reconnectMinDelay})`, describe(settings.reconnectMaxDelay))
+    fail('reconnectMaxDelay', `expected a number of milliseconds >= reconnectMinDelay (${settings.reconnectMinDelay})`, settings.reconnectMaxDelay)
   }
   return settings
 }
 
-function checkUrl (url: unknown): string {
-  const expectation = 'an amqp:// or amqps:// URL'
-  if (typeof url !== 'string') throw new InvalidOptionError('url', expectation, describe(url))
-  let protocol: string
-  try {
-    protocol = new URL(url).protocol
-  } catch {
-    throw new InvalidOptionError('url', expectation, describe(redact(url)))
-  }
-  if (protocol !== 'amqp:' && protocol !== 'amqps:') throw new InvalidOptionError('url', expectation, describe(redact(url)))
-  return url
-}
-
-function checkExchange (exchange: unknown): string {
-  // The default exchange ('') cannot be declared nor bound to.
-  if (typeof exchange !== 'string' || exchange === '' || Buffer.byteLength(exchange) > 255) {
-    throw new InvalidOptionError('exchange', 'a non-empty string of at most 255 bytes', describe(exchange))
-  }
-  return exchange
-}
-
-function checkLogger (log: unknown): BrokerLogger {
-  if (!isBrokerLogger(log)) throw new InvalidOptionError('log', 'a logger with error, warn, info and debug methods', describe(log))
-  return log as BrokerLogger
-}
-
-function checkPositiveInteger (name: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
-    throw new InvalidOptionError(name, 'a positive integer', describe(value))
+// The default exchange ('') can be neither declared nor bound to.
+function exchangeName (value: unknown, name: string): string {
+  if (typeof value !== 'string' || value === '' || Buffer.byteLength(value) > 255) {
+    fail(name, 'expected a non-empty string of at most 255 bytes', value)
   }
   return value
 }

@@ -1,5 +1,4 @@
 import sjson from 'secure-json-parse'
-import type { BrokerLogger } from './types.js'
 
 /**
  * The language-neutral broker message (PROTOCOL.md, Brokers): `{"data": <payload>, "event"?: "<name>"}`.
@@ -53,13 +52,4 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 /** Random id that tags a broker's own publications. */
 export function originId (): string {
   return globalThis.crypto.randomUUID()
-}
-
-/** What a standalone broker logs to when given no logger. */
-export const silentLogger: BrokerLogger = { error () {}, warn () {}, info () {}, debug () {} }
-
-export function isBrokerLogger (value: unknown): value is BrokerLogger {
-  if (value === null || typeof value !== 'object') return false
-  const candidate = value as Record<string, unknown>
-  return ['error', 'warn', 'info', 'debug'].every((level) => typeof candidate[level] === 'function')
 }

@@ -73,7 +73,22 @@ interface RawSocket {
 }
 
 /** ws's message parser; its fields say how much of an unfinished message it holds (ws 8). */
-interface Receiver { _bufferedBytes: number, _totalPayloadLength: number }
+interface Receiver { _bufferedBytes: number, _totalPayloadLength: number, _payloadLength: number, _state: number, _opcode: number }
+
+/** ws 8's receiver states while the mask or the payload of a frame whose header was read is awaited. */
+const GET_MASK = 3
+const GET_DATA = 4
+
+/**
+ * Bytes a receiver holds: chunks not yet parsed plus the fragments of the message under way. ws adds a
+ * data frame's declared length to _totalPayloadLength as soon as it reads the header, while the payload
+ * is still arriving (and counted in _bufferedBytes): that length is taken out, or a 14-byte header
+ * declaring 1 MiB would count as 1 MiB, and a big frame arriving in chunks twice.
+ */
+function heldBytes (receiver: Receiver): number {
+  const awaitingPayload = (receiver._state === GET_MASK || receiver._state === GET_DATA) && receiver._opcode < 0x08
+  return receiver._bufferedBytes + receiver._totalPayloadLength - (awaitingPayload ? receiver._payloadLength : 0)
+}
 
 function onRawData (this: RawSocket): void { this[kConnection]?.measureIncomplete() }
 
@@ -111,8 +126,10 @@ export class Connection implements Peer, Answer {
   private watchingDrain = false
   /** This socket's share of rt.totals.incomplete: bytes of unfinished messages ws holds for it. */
   private incomplete = 0
-  /** When the unfinished data last started, or last shrank (a message completed). */
+  /** When the unfinished message began: when unfinished data appeared after a complete message. */
   private incompleteSince = 0
+  /** Set by each complete message, cleared by measureIncomplete(). */
+  private completedMessage = false
 
   constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly rt: Runtime) {
     this.log = request.log
@@ -127,6 +144,7 @@ export class Connection implements Peer, Answer {
     rt.connections.add(this)
     rt.subscriptions.add(this, ALL_TOPIC)
     this.socket.on('message', (raw: Buffer, isBinary: boolean) => {
+      this.completedMessage = true
       try {
         this.handleFrame(raw, isBinary)
       } catch (err) {
@@ -246,11 +264,15 @@ export class Connection implements Peer, Answer {
   measureIncomplete (): void {
     const receiver = (this.socket as unknown as { _receiver?: Receiver | null })._receiver
     if (receiver == null) return
-    const held = receiver._bufferedBytes + receiver._totalPayloadLength
+    const held = heldBytes(receiver)
     const before = this.incomplete
+    // The time limit counts from the start of the message now unfinished. Only a completed message
+    // starts a new one: the bytes held shrink too when ws consumes a frame header, so a peer
+    // trickling empty fragments would otherwise restart the clock forever, and they may keep
+    // growing across chunks of a steady stream whose messages all complete.
+    if (held > 0 && (before === 0 || this.completedMessage)) this.incompleteSince = performance.now()
+    this.completedMessage = false
     if (held === before) return
-    // Started, or shrank because a message completed: the time limit counts from now.
-    if (before === 0 || held < before) this.incompleteSince = performance.now()
     const totals = this.rt.totals
     totals.incomplete += held - before
     this.incomplete = held

@@ -168,12 +168,17 @@ function startIncompleteSweep (rt: Runtime): void {
  */
 interface FileLimitWatch { threshold: number, limit: number, last: number }
 
+/** Open files kept aside for what is not a client socket: Node itself, brokers, databases, logs. */
+const RESERVED_FILES = 64
+
 function warnIfFewFileDescriptors (rt: Runtime, fdWarning: FileLimitWatch): void {
   const limit = openFileLimit()
   if (limit === undefined) return
   fdWarning.limit = limit
-  fdWarning.threshold = Math.floor(limit * 0.9)
-  if (rt.options.maxConnections + 64 > limit) {
+  // The process holds descriptors of its own (~30 for Node and its loaders, more with a broker or a
+  // database pool): 90% of a small limit (256) is past what sockets can reach, so keep 64 aside.
+  fdWarning.threshold = Math.max(0, Math.min(Math.floor(limit * 0.9), limit - RESERVED_FILES))
+  if (rt.options.maxConnections + RESERVED_FILES > limit) {
     rt.log.warn({ maxConnections: rt.options.maxConnections, openFileLimit: limit },
       `fastify-drizzle: the open-file limit (${limit}) is below maxConnections; raise it (ulimit -n, LimitNOFILE= in systemd, --ulimit nofile= in Docker)`)
   }

@@ -102,7 +102,17 @@ describe('registration errors', () => {
     ['allowedOrigins', [1, 2], /"allowedOrigins".*received an array \(length 2\)/],
     ['allowedOrigins', true, /"allowedOrigins".*received boolean \(true\)/],
     ['closeGracePeriod', -1, /"closeGracePeriod": expected an integer >= 0, received number \(-1\)/],
-    ['closeGracePeriod', '5s', /"closeGracePeriod".*received a string \("5s"\)/]
+    ['closeGracePeriod', '5s', /"closeGracePeriod".*received a string \("5s"\)/],
+    ['maxSubscriptions', 0, /"maxSubscriptions": expected an integer >= 1, received number \(0\)/],
+    ['maxSubscriptions', 1.5, /"maxSubscriptions".*received number \(1\.5\)/],
+    ['maxSubscriptions', '128', /"maxSubscriptions".*received a string \("128"\)/],
+    ['maxSubscriptions', null, /"maxSubscriptions".*received null/],
+    ['maxInFlightTotal', 0, /"maxInFlightTotal": expected an integer >= 1, received number \(0\)/],
+    ['maxInFlightTotal', Infinity, /"maxInFlightTotal".*received number \(Infinity\)/],
+    ['maxBufferedBytesTotal', -1, /"maxBufferedBytesTotal": expected an integer >= 1, received number \(-1\)/],
+    ['maxIncompleteBytesTotal', 0, /"maxIncompleteBytesTotal": expected an integer >= 1, received number \(0\)/],
+    ['incompleteTimeout', -1, /"incompleteTimeout": expected an integer >= 0, received number \(-1\)/],
+    ['incompleteTimeout', '10s', /"incompleteTimeout".*received a string \("10s"\)/]
   ]
   for (const [name, value, message] of bad) {
     test(`${name}: ${typeof value === 'number' ? String(value) : JSON.stringify(value)} is refused at registration`, async () => {

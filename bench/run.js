@@ -369,7 +369,7 @@ function build () {
   const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
   rmSync(out, { recursive: true, force: true })
   try {
-    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json', '--outDir', out, '--declaration', 'false', '--declarationMap', 'false', '--sourceMap', 'false', '--incremental', 'false'], { cwd: root, stdio: 'inherit' })
+    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json', '--outDir', out, '--declaration', 'false', '--declarationMap', 'false', '--sourceMap', 'false', '--inlineSources', 'false', '--incremental', 'false'], { cwd: root, stdio: 'inherit' })
   } catch (err) {
     // tsc still emits on type errors (lib/ may be mid-edit); a missing output is fatal.
     if (!existsSync(join(out, 'index.js'))) throw err

@@ -9,6 +9,7 @@ import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecy
 import { encodeError, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
 
 // The WebSocket transport: one Connection owns one socket's loop. Inbound (handle*): frames, pongs,
@@ -17,91 +18,10 @@ import { ALL_TOPIC } from './topics.js'
 
 export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
 
-const OPEN = 1
-
-/** WebSocket close codes the plugin uses (RFC 6455 section 7.4.1, and 1013 from the IANA registry). */
-export const CLOSE = {
-  GOING_AWAY: 1001,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  TRY_AGAIN_LATER: 1013
-} as const
-
-/** ws's errors for a peer that broke the protocol (bad opcode, oversized message...): ws closes it itself. */
-export function isProtocolError (err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code
-  return typeof code === 'string' && code.startsWith('WS_ERR_')
-}
-
 /** A Buffer holding UTF-8 JSON still goes out as a text frame. */
 const TEXT_FRAME = { binary: false }
 
-/** Whether a logger prints info lines. Fastify's disabled logger has no level and only `child`. */
-function infoEnabled (log: FastifyBaseLogger): boolean {
-  const withLevels = log as FastifyBaseLogger & { isLevelEnabled?: (level: string) => boolean }
-  if (typeof withLevels.isLevelEnabled === 'function') return withLevels.isLevelEnabled('info')
-  return log.level !== undefined || Object.keys(log).some(key => key !== 'child')
-}
-
-/**
- * Write coalescing. Frames written to a socket during one turn of the event loop (the replies to a
- * batch of requests read together, the publications of a broker burst) are corked and leave in one
- * writev when the turn's work is done (process.nextTick runs after the microtasks that send replies),
- * instead of one system call per frame. The bytes on the wire are the same. A socket with
- * CORK_LIMIT bytes corked is flushed at once, so corking never holds more than that.
- */
-const CORK_LIMIT = 64 * 1024
-const corked: Connection[] = []
-
-function uncorkAll (): void {
-  for (const conn of corked) conn.uncork()
-  corked.length = 0
-}
-
-/** The Connection of a TCP socket, for the listeners below (one function for all sockets, no closure each). */
-const kConnection = Symbol('fastify-drizzle.connection')
-
-interface RawSocket {
-  cork (): void
-  uncork (): void
-  pause (): void
-  on (event: 'data', listener: (this: RawSocket) => void): void
-  once (event: 'drain', listener: (this: RawSocket) => void): void
-  writableLength: number
-  destroyed: boolean
-  [kConnection]?: Connection
-}
-
-/** ws's message parser; its fields say how much of an unfinished message it holds (ws 8). */
-interface Receiver { _bufferedBytes: number, _totalPayloadLength: number, _payloadLength: number, _state: number, _opcode: number }
-
-/** ws 8's receiver states while the mask or the payload of a frame whose header was read is awaited. */
-const GET_MASK = 3
-const GET_DATA = 4
-
-/**
- * Bytes a receiver holds: chunks not yet parsed plus the fragments of the message under way. ws adds a
- * data frame's declared length to _totalPayloadLength as soon as it reads the header, while the payload
- * is still arriving (and counted in _bufferedBytes): that length is taken out, or a 14-byte header
- * declaring 1 MiB would count as 1 MiB, and a big frame arriving in chunks twice.
- */
-function heldBytes (receiver: Receiver): number {
-  const awaitingPayload = (receiver._state === GET_MASK || receiver._state === GET_DATA) && receiver._opcode < 0x08
-  return receiver._bufferedBytes + receiver._totalPayloadLength - (awaitingPayload ? receiver._payloadLength : 0)
-}
-
-function onRawData (this: RawSocket): void { this[kConnection]?.measureIncomplete() }
-
-function onRawDrain (this: RawSocket): void { this[kConnection]?.drained() }
-
-/**
- * Buffered bytes below this are ordinary (a turn's corked frames) and not counted toward
- * maxBufferedBytesTotal; above it the TCP socket surely emits 'drain' when it empties (its
- * highWaterMark is 16 KiB), which is when the count is corrected.
- */
-const BACKLOG = 64 * 1024
-
-export class Connection implements Peer, Answer {
+export class Connection implements Peer, Answer, SocketOwner {
   readonly id = randomUUID()
   readonly store: DrizzleConnectionStore = Object.create(null)
   readonly topics = new Set<string>()
@@ -155,10 +75,9 @@ export class Connection implements Peer, Answer {
     // Protocol violations are logged once, by the plugin's @fastify/websocket errorHandler.
     this.socket.on('error', err => { if (!isProtocolError(err)) this.log.debug({ err }, 'websocket error') })
     this.socket.once('close', (code: number) => this.handleClose(code))
-    const raw = this.rawSocket()
+    const raw = rawSocketOf(this.socket)
     if (raw !== undefined) {
-      raw[kConnection] = this
-      // After ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished.
+      raw[kOwner] = this
       raw.on('data', onRawData)
     }
     if (rt.appHooks.onConnect.length > 0) runSafeHooks(rt.appHooks.onConnect, this.log, 'onConnect', this).catch(() => {})
@@ -262,9 +181,8 @@ export class Connection implements Peer, Answer {
    * with 1009 and no longer read: peers that never finish their messages cannot add up.
    */
   measureIncomplete (): void {
-    const receiver = (this.socket as unknown as { _receiver?: Receiver | null })._receiver
-    if (receiver == null) return
-    const held = heldBytes(receiver)
+    const held = heldBytes(this.socket)
+    if (held === undefined) return
     const before = this.incomplete
     // The time limit counts from the start of the message now unfinished. Only a completed message
     // starts a new one: the bytes held shrink too when ws consumes a frame header, so a peer
@@ -291,7 +209,7 @@ export class Connection implements Peer, Answer {
   /** Closes for unfinished data and reads no more: the close handshake then ends by ws's closeTimeout. */
   private stopReading (code: number, reason: string, fields: Record<string, unknown>): void {
     this.shut(code, reason, 'connection closed: ' + reason.toLowerCase(), fields)
-    this.rawSocket()?.pause()
+    rawSocketOf(this.socket)?.pause()
   }
 
   /** A closed connection leaves no trace: subscriptions, the connection set, listeners, its shares of the totals. */
@@ -401,7 +319,7 @@ export class Connection implements Peer, Answer {
       this.backlog = counted
       if (counted > 0 && !this.watchingDrain) {
         this.watchingDrain = true
-        this.rawSocket()?.once('drain', onRawDrain)
+        rawSocketOf(this.socket)?.once('drain', onRawDrain)
       }
     }
     return buffered
@@ -418,10 +336,6 @@ export class Connection implements Peer, Answer {
     return buffered >= BACKLOG && this.rt.totals.buffered > this.rt.options.maxBufferedBytesTotal
   }
 
-  private rawSocket (): RawSocket | undefined {
-    return (this.socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
-  }
-
   send (topic: string, data: unknown, event?: string): boolean {
     return this.write(encodePublication(topic, data, event))
   }
@@ -431,11 +345,10 @@ export class Connection implements Peer, Answer {
     if (this.isClosed || this.socket.readyState !== OPEN) return false
     let raw = this.corkedSocket
     if (raw === undefined) {
-      raw = this.rawSocket()
+      raw = rawSocketOf(this.socket)
       if (raw !== undefined && !raw.destroyed) {
-        raw.cork()
+        corkForTurn(raw, this)
         this.corkedSocket = raw
-        if (corked.push(this) === 1) process.nextTick(uncorkAll)
       }
     }
     if (typeof frame === 'string') this.socket.send(frame)

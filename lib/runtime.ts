@@ -5,7 +5,7 @@ import type { Broker, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
 import type { ContextHost, DrizzleConnection } from './context.js'
 import {
-  ActionNotFoundError, AlreadyStartedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TooManySubscriptionsError, TopicNotFoundError,
+  ActionNotFoundError, AlreadyStartedError, BrokerUnsupportedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TooManySubscriptionsError, TopicNotFoundError,
   validationError, describe
 } from './errors.js'
 import {
@@ -16,7 +16,7 @@ import { ActionRunner } from './lifecycle.js'
 import type { ResolvedOptions } from './options.js'
 import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
-import { ALL_TOPIC, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
+import { ALL_TOPIC, featuresOf, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
 
 const TOPIC_RESOURCE = '$topic'
 const topicData = Compile(Type.Object({ topic: Type.String({ minLength: 1, maxLength: MAX_NAME_LENGTH }) }))
@@ -105,13 +105,24 @@ export class Runtime implements ContextHost<Peer> {
     hooks[name as ActionHookName].push(hook)
   }
 
-  /** Called once when Fastify is ready: resolves every action's hook chain. */
+  /** Called once when Fastify is ready: checks what topics need of the broker, resolves every action's hook chain. */
   ready (): void {
+    this.checkBrokerFeatures()
     this.started = true
     this.runner.tune(this.registry.actions())
     for (const action of this.registry.actions()) this.link(action)
     for (const actions of this.topicActions.values()) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
     this.link(this.plainUnsubscribe)
+  }
+
+  /** A topic needing what the broker cannot do is refused, never served by a per-instance substitute. */
+  private checkBrokerFeatures (): void {
+    const supported = this.broker.features
+    for (const declared of this.patterns.all()) {
+      for (const feature of featuresOf(declared)) {
+        if (supported?.has(feature) !== true) throw new BrokerUnsupportedError(this.broker.name, feature, declared.pattern)
+      }
+    }
   }
 
   /** Scope hooks from the root down to the action's scope, then the action's own. */

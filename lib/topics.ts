@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify'
-import type { Broker } from './brokers/types.js'
+import type { Broker, BrokerFeature } from './brokers/types.js'
 import { InvalidTopicError, DuplicateTopicError, describe } from './errors.js'
 import { checkTopic } from './brokers/topic.js'
 import { encodePublicationJson } from './protocol.js'
@@ -31,6 +31,15 @@ export interface DeclaredTopic {
   params: readonly (string | undefined)[]
   options: TopicOptions<any>
   scope: FastifyInstance
+}
+
+/** Broker features a declared topic needs (history, presence): checked against the broker at ready. */
+export function featuresOf (topic: DeclaredTopic): BrokerFeature[] {
+  const options = topic.options as { history?: unknown, presence?: unknown }
+  const features: BrokerFeature[] = []
+  if (options.history !== undefined && options.history !== false) features.push('history')
+  if (options.presence !== undefined && options.presence !== false) features.push('presence')
+  return features
 }
 
 // The topic rule lives beside the brokers, which apply it without loading the plugin.

@@ -273,3 +273,28 @@ test('a broker publication nested too deep to serialize is dropped with one warn
   assert.equal(dropped[0]?.level, 'warn')
   assert.deepEqual(logger.entries.filter(entry => entry.level === 'error' || entry.level === 'fatal'), [])
 })
+
+test('a topic needing a feature its broker lacks is refused when the server becomes ready, naming the feature', async t => {
+  const { default: Fastify } = await import('fastify')
+  const { default: drizzle } = await import('../lib/index.js')
+  // A broker that carries live publications only: no `features`.
+  const liveOnly = {
+    name: 'live-only',
+    async attach () {},
+    async subscribe () {},
+    async unsubscribe () {},
+    async publish () {},
+    async close () {}
+  }
+  for (const [options, feature] of [[{ history: { size: 10 } }, 'history'], [{ presence: true }, 'presence']] as const) {
+    const app = Fastify()
+    t.after(() => app.close())
+    await app.register(drizzle, { broker: liveOnly })
+    app.drizzle.topic('rooms/:id', options as never)
+    await assert.rejects(app.ready(), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'FST_DRIZZLE_BROKER_UNSUPPORTED')
+      assert.equal(err.message, `Broker "live-only" does not support ${feature}, which topic "rooms/:id" declares`)
+      return true
+    })
+  }
+})

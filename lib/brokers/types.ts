@@ -14,12 +14,31 @@ export interface PublishOptions {
 }
 
 /**
+ * What a broker can do beyond live pub/sub (PROTOCOL.md; DESIGN sections 9 and 10). The plugin refuses,
+ * when the server becomes ready, a declared topic that needs a feature its broker lacks
+ * (FST_DRIZZLE_BROKER_UNSUPPORTED), instead of keeping a silent per-instance substitute.
+ */
+export type BrokerFeature = 'history' | 'presence'
+
+/**
+ * What travels with a publication besides its data and event. Each field is optional: a message from
+ * an outside publisher may carry none of them.
+ */
+export interface DeliveryMeta {
+  /** Position of the publication in its topic's history (history topics only). */
+  offset?: number
+  epoch?: string
+  /** W3C trace context of the publishing span. */
+  traceparent?: string
+}
+
+/**
  * Where a broker hands the publications it receives from other processes.
  * The plugin delivers its own publications locally at once, so a broker must never hand back a
  * publication it published itself (brokers tag what they send with an origin id and skip their own).
  */
 export interface BrokerSink {
-  deliver (topic: string, data: unknown, event: string | undefined): void
+  deliver (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void
   log: FastifyBaseLogger
 }
 
@@ -31,6 +50,8 @@ export interface BrokerSink {
 export interface Broker {
   /** Short name used in logs and errors, e.g. "memory", "redis", "amqp". */
   readonly name: string
+  /** Features beyond live pub/sub this broker supports; none when absent. */
+  readonly features?: ReadonlySet<BrokerFeature>
   /** Called once by the plugin before the server starts listening. */
   attach (sink: BrokerSink): Promise<void>
   /**

@@ -1,0 +1,109 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { WebSocket } from 'ws'
+
+// What the WebSocket transport relies on below ws's public API: close codes, the TCP socket under a
+// WebSocket, how much of an unfinished message ws's receiver holds, and write coalescing. Kept here so
+// lib/connection.ts reads as the socket's loop only. Every field read from ws is named in ws 8's terms.
+
+export const OPEN = 1
+
+/** WebSocket close codes the plugin uses (RFC 6455 section 7.4.1, and 1013 from the IANA registry). */
+export const CLOSE = {
+  GOING_AWAY: 1001,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  TRY_AGAIN_LATER: 1013
+} as const
+
+/** ws's errors for a peer that broke the protocol (bad opcode, oversized message...): ws closes it itself. */
+export function isProtocolError (err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && code.startsWith('WS_ERR_')
+}
+
+/** Whether a logger prints info lines. Fastify's disabled logger has no level and only `child`. */
+export function infoEnabled (log: FastifyBaseLogger): boolean {
+  const withLevels = log as FastifyBaseLogger & { isLevelEnabled?: (level: string) => boolean }
+  if (typeof withLevels.isLevelEnabled === 'function') return withLevels.isLevelEnabled('info')
+  return log.level !== undefined || Object.keys(log).some(key => key !== 'child')
+}
+
+/** The owner of a TCP socket, for the listeners the transport adds (one function for all sockets, no closure each). */
+export const kOwner = Symbol('fastify-drizzle.connection')
+
+/** What the transport asks of a raw socket's owner. */
+export interface SocketOwner {
+  measureIncomplete (): void
+  drained (): void
+  uncork (): void
+}
+
+export interface RawSocket {
+  cork (): void
+  uncork (): void
+  pause (): void
+  on (event: 'data', listener: (this: RawSocket) => void): void
+  once (event: 'drain', listener: (this: RawSocket) => void): void
+  writableLength: number
+  destroyed: boolean
+  [kOwner]?: SocketOwner
+}
+
+/** The TCP socket under a WebSocket (absent under injectWS, and once ws has let it go). */
+export function rawSocketOf (socket: WebSocket): RawSocket | undefined {
+  return (socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
+}
+
+/** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
+export function onRawData (this: RawSocket): void { this[kOwner]?.measureIncomplete() }
+
+export function onRawDrain (this: RawSocket): void { this[kOwner]?.drained() }
+
+/** ws's message parser; its fields say how much of an unfinished message it holds (ws 8). */
+interface Receiver { _bufferedBytes: number, _totalPayloadLength: number, _payloadLength: number, _state: number, _opcode: number }
+
+/** ws 8's receiver states while the mask or the payload of a frame whose header was read is awaited. */
+const GET_MASK = 3
+const GET_DATA = 4
+
+/**
+ * Bytes ws's receiver holds for a socket: chunks not yet parsed plus the fragments of the message under
+ * way, or undefined when it has none. ws adds a data frame's declared length to _totalPayloadLength as
+ * soon as it reads the header, while the payload is still arriving (and counted in _bufferedBytes): that
+ * length is taken out, or a 14-byte header declaring 1 MiB would count as 1 MiB, and a big frame
+ * arriving in chunks twice.
+ */
+export function heldBytes (socket: WebSocket): number | undefined {
+  const receiver = (socket as unknown as { _receiver?: Receiver | null })._receiver
+  if (receiver == null) return undefined
+  const awaitingPayload = (receiver._state === GET_MASK || receiver._state === GET_DATA) && receiver._opcode < 0x08
+  return receiver._bufferedBytes + receiver._totalPayloadLength - (awaitingPayload ? receiver._payloadLength : 0)
+}
+
+/**
+ * Buffered bytes below this are ordinary (a turn's corked frames) and not counted toward
+ * maxBufferedBytesTotal; above it the TCP socket surely emits 'drain' when it empties (its
+ * highWaterMark is 16 KiB), which is when the count is corrected.
+ */
+export const BACKLOG = 64 * 1024
+
+/**
+ * Write coalescing. Frames written to a socket during one turn of the event loop (the replies to a
+ * batch of requests read together, the publications of a broker burst) are corked and leave in one
+ * writev when the turn's work is done (process.nextTick runs after the microtasks that send replies),
+ * instead of one system call per frame. The bytes on the wire are the same. A socket with
+ * CORK_LIMIT bytes corked is flushed at once, so corking never holds more than that.
+ */
+export const CORK_LIMIT = 64 * 1024
+const corked: SocketOwner[] = []
+
+function uncorkAll (): void {
+  for (const owner of corked) owner.uncork()
+  corked.length = 0
+}
+
+/** Corks `raw` until the end of this turn, when `owner.uncork()` is called. */
+export function corkForTurn (raw: RawSocket, owner: SocketOwner): void {
+  raw.cork()
+  if (corked.push(owner) === 1) process.nextTick(uncorkAll)
+}

@@ -14,7 +14,7 @@ export interface PublishOptions {
 }
 
 /**
- * What a broker can do beyond live pub/sub (PROTOCOL.md; DESIGN sections 9 and 10). The plugin refuses,
+ * What a broker can do beyond live pub/sub: topic history and presence (README). The plugin refuses,
  * when the server becomes ready, a declared topic that needs a feature its broker lacks
  * (FST_DRIZZLE_BROKER_UNSUPPORTED), instead of keeping a silent per-instance substitute.
  */

@@ -291,7 +291,7 @@ test('a topic needing a feature its broker lacks is refused when the server beco
     t.after(() => app.close())
     await app.register(drizzle, { broker: liveOnly })
     app.drizzle.topic('rooms/:id', options as never)
-    await assert.rejects(app.ready(), (err: Error & { code?: string }) => {
+    await assert.rejects(async () => { await app.ready() }, (err: Error & { code?: string }) => {
       assert.equal(err.code, 'FST_DRIZZLE_BROKER_UNSUPPORTED')
       assert.equal(err.message, `Broker "live-only" does not support ${feature}, which topic "rooms/:id" declares`)
       return true

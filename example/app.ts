@@ -21,7 +21,8 @@ export async function buildApp (options: ExampleOptions = {}): Promise<{ app: Fa
   const app: FastifyInstance = typeof options.logger === 'object'
     ? Fastify({ loggerInstance: options.logger })
     : Fastify({ logger: options.logger ?? true })
-  await app.register(drizzle, { broker: options.broker, allowedOrigins: localOrigins })
+  // The playground (GET /ws/playground) lets you try every action and topic; never in production.
+  await app.register(drizzle, { broker: options.broker, allowedOrigins: localOrigins, playground: process.env.NODE_ENV !== 'production' })
   const api = declare(app)
   registerStatic(app, options.page) // the browser page: GET / (open http://127.0.0.1:3000)
   return { app, api }

@@ -28,7 +28,16 @@ export interface AsyncApiOptions {
   info?: { title?: string, version?: string, description?: string }
 }
 
+export interface PlaygroundOptions {
+  /** Path of the page; default `<path>/playground`. */
+  path?: string
+  /** Serve it even with `NODE_ENV=production` (refused otherwise, so it is never exposed by accident). */
+  production?: boolean
+}
+
 export interface ResolvedHttpOptions { prefix: string }
+
+export interface ResolvedPlaygroundOptions { path: string }
 
 export interface ResolvedAsyncApiOptions {
   /** Undefined when the `asyncapi` option is off: `app.drizzle.asyncapi()` still works, no route is served. */
@@ -116,7 +125,9 @@ const OPTIONS = {
   /** Also serve every action as `POST <prefix>/<resource>/<action>`, in the scope that declared it (docs/http-and-asyncapi.md). */
   http: option<ResolvedHttpOptions | false, boolean | HttpOptions>({ default: false, resolve: checkHttp }),
   /** Serve an AsyncAPI 3.0 document of the resources and topics at `GET <path>/asyncapi.json`. */
-  asyncapi: option<ResolvedAsyncApiOptions, boolean | AsyncApiOptions>({ default: false, resolve: checkAsyncApi })
+  asyncapi: option<ResolvedAsyncApiOptions, boolean | AsyncApiOptions>({ default: false, resolve: checkAsyncApi }),
+  /** Serve a page to try every action and topic from a browser at `GET <path>/playground`; refused under `NODE_ENV=production` unless `{ production: true }`. */
+  playground: option<ResolvedPlaygroundOptions | false, boolean | PlaygroundOptions>({ default: false, resolve: checkPlayground })
 }
 
 type OptionTable = typeof OPTIONS
@@ -239,6 +250,21 @@ function checkAsyncApi (value: unknown, _name: string, { path }: Earlier): Resol
   const docPath = opts.path ?? `${path.replace(/\/+$/, '')}/asyncapi.json`
   if (typeof docPath !== 'string' || !PATH_SEGMENT.test(docPath)) fail('asyncapi.path', 'expected a string starting with "/", without spaces, "?", "#", ":" or "*"', docPath)
   return { path: value === false ? undefined : docPath, serverUrl: checkServerUrl(opts.serverUrl), info: checkInfo(opts.info) }
+}
+
+function checkPlayground (value: unknown, _name: string, { path }: Earlier): ResolvedPlaygroundOptions | false {
+  if (value === false) return false
+  const expected = 'expected a boolean or { path?: string starting with "/", production?: boolean }'
+  if (value !== true && !isPlainObject(value)) fail('playground', expected, value)
+  const opts = value === true ? {} : value as Record<string, unknown>
+  for (const key of Object.keys(opts)) if (key !== 'path' && key !== 'production') fail('playground', `${expected}; unknown key "${key}"`, value)
+  if (opts.production !== undefined && typeof opts.production !== 'boolean') fail('playground.production', 'expected a boolean', opts.production)
+  if (process.env.NODE_ENV === 'production' && opts.production !== true) {
+    fail('playground', 'a page that can call every action must not be exposed by accident: NODE_ENV is "production", so give { production: true } to serve it anyway', value)
+  }
+  const page = opts.path ?? `${path.replace(/\/+$/, '')}/playground`
+  if (typeof page !== 'string' || !PATH_SEGMENT.test(page) || page === '/') fail('playground.path', 'expected a string starting with "/", without spaces, "?", "#", ":" or "*", other than "/"', page)
+  return { path: page.replace(/\/+$/, '') }
 }
 
 function checkServerUrl (value: unknown): URL | undefined {

@@ -10,6 +10,7 @@ import { resolveOptions, type DrizzleOptions, type ResolvedOptions } from './opt
 import { Connection } from './connection.js'
 import { CLOSE, isProtocolError } from './socket.js'
 import { serveOverHttp } from './http.js'
+import { addPlaygroundRoutes } from './playground.js'
 import { Runtime } from './runtime.js'
 import { scopeGetter } from './scope.js'
 
@@ -58,6 +59,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
     }
   })
   addAsyncApiRoute(rt, fastify)
+  addPlaygroundRoutes(rt, fastify)
 
   fastify.addHook('onReady', async () => {
     rt.ready()

@@ -164,7 +164,18 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   assert.ok(topics.includes('rooms/:id') && topics.includes('todos'), topics.join(', '))
   await shot('1-catalog')
 
-  // An action from the editor, prefilled from the schema; sent with the keyboard.
+  // Keyboard only: Tab past the skip link to the first action, Enter opens it with the editor focused,
+  // Ctrl+Enter sends.
+  await page.keyboard.press('Tab')
+  await page.keyboard.press('Tab')
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), 'todos.list')
+  await page.keyboard.press('Enter')
+  assert.equal(await page.evaluate(() => document.activeElement?.id), 'editor')
+  await page.keyboard.press('Control+Enter')
+  await page.waitForSelector('#reply.ok')
+  assert.deepEqual(JSON.parse(await page.textContent('#reply') as string), [])
+
+  // An action from the editor, prefilled from the schema.
   await page.click('#actions button:has-text("todos.create")')
   assert.deepEqual(JSON.parse(await page.inputValue('#editor')), { title: 'text' })
   await page.fill('#editor', '{"title": "from the playground"}')
@@ -179,7 +190,7 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   await page.fill('#editor', '{"title": ""}')
   await page.click('#send')
   await page.waitForSelector('#reply.error:has-text("VALIDATION_ERROR")')
-  assert.match(await page.textContent('#reply') as string, /at \/title: /)
+  assert.match(await page.textContent('#reply') as string, /at \/data\/title: must not have fewer than 1 characters/)
   await shot('3-validation-error')
 
   // A topic: subscribe, then another client's action publishes on it.
@@ -200,6 +211,12 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   await page.click('#subscribe')
   await page.waitForSelector('#topic-state:has-text("FORBIDDEN")')
   await shot('5-forbidden')
+
+  // Readable in a dark color scheme too (the page follows prefers-color-scheme).
+  await page.emulateMedia({ colorScheme: 'dark' })
+  const colors = await page.evaluate(() => [getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color])
+  assert.deepEqual(colors, ['rgb(23, 25, 28)', 'rgb(230, 231, 232)'])
+  await shot('6-dark')
 
   assert.deepEqual(pageErrors, [])
 })

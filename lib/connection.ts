@@ -11,6 +11,7 @@ import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
 import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
+import { userOf } from './users.js'
 
 // The WebSocket transport: one Connection owns one socket's loop. Inbound (handle*): frames, pongs,
 // close. Outbound (send*): replies and publications, each with its backpressure rule. Nothing else
@@ -26,6 +27,7 @@ export class Connection implements Peer, Answer, SocketOwner {
   readonly store: DrizzleConnectionStore = Object.create(null)
   readonly topics = new Set<string>()
   readonly log: FastifyBaseLogger
+  readonly user: string | null
   /** Requests of this connection whose handler has not ended. */
   private inFlight = 0
   private isClosed = false
@@ -53,6 +55,7 @@ export class Connection implements Peer, Answer, SocketOwner {
 
   constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly rt: Runtime) {
     this.log = request.log
+    this.user = userOf(request)
     this.logsActions = !rt.options.disableActionLogging && infoEnabled(this.log)
   }
 
@@ -63,6 +66,7 @@ export class Connection implements Peer, Answer, SocketOwner {
     const rt = this.rt
     rt.connections.add(this)
     rt.subscriptions.add(this, ALL_TOPIC)
+    rt.users.add(this)
     this.socket.on('message', (raw: Buffer, isBinary: boolean) => {
       this.completedMessage = true
       try {
@@ -221,6 +225,8 @@ export class Connection implements Peer, Answer, SocketOwner {
     this.backlog = this.incomplete = 0
     rt.connections.delete(this)
     const topics = rt.subscriptions.removeAll(this)
+    rt.users.remove(this)
+    rt.presence.closed(this)
     this.socket.removeAllListeners('message')
     this.socket.removeAllListeners('pong')
     this.log.debug({ connection: this.id, code }, 'connection closed')

@@ -11,6 +11,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import WebSocket from 'ws'
 import drizzle, { type Broker, type DrizzleOptions } from '../lib/index.js'
+import { Parser } from '@asyncapi/parser'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { DrizzleClient, type PresenceMember } from '../lib/client/index.js'
 import { connect, listen, type Frame, type TestClient } from './helpers/client.js'
@@ -248,6 +249,23 @@ test('client: presence(topic), join and leave events on a subscription, never gi
   await assert.rejects(bob.presence('plain/c'), { code: 'TOPIC_NOT_FOUND' })
   await waitFor('carl gone', async () => (await ann.presence('rooms/c')).length === 1)
   assert.equal(leaves.length, 1, 'a removed leave listener is not called')
+})
+
+test('AsyncAPI: $presence.get, the $join/$leave messages of presence topics with events, and the $user channel', async t => {
+  const { app } = await presenceApp(t)
+  const doc = app.drizzle.asyncapi({ serverUrl: 'ws://127.0.0.1:3000' }) as any
+  const diagnostics = await new Parser().validate(JSON.stringify(doc))
+  assert.deepEqual(diagnostics.filter(d => d.severity === 0), [], 'a valid AsyncAPI 3.0 document')
+  const channel = (title: string) => Object.values(doc.channels as Record<string, any>).find(c => c.title === title)
+  assert.deepEqual(Object.keys(channel('rooms/:id').messages).sort(), ['join', 'leave', 'publication'])
+  assert.equal(channel('rooms/:id').messages.join.payload.properties.event.const, '$join')
+  assert.deepEqual(Object.keys(channel('quiet/:id').messages), ['publication'], 'events: false has no join/leave')
+  assert.deepEqual(Object.keys(channel('plain/:id').messages), ['publication'])
+  assert.ok(channel('$user') !== undefined, 'the $user channel, with identify')
+  const get = Object.values(doc.operations as Record<string, any>).find(o => o.title === '$presence.get')
+  assert.ok(get !== undefined)
+  const send = Object.values(doc.operations as Record<string, any>).find(o => o.title === 'publish rooms/:id')
+  assert.equal(send.messages.length, 3)
 })
 
 // ---- Redis: two instances ----------------------------------------------------------------------

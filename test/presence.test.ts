@@ -15,7 +15,7 @@ import { Parser } from '@asyncapi/parser'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { DrizzleClient, type PresenceMember } from '../lib/client/index.js'
 import { connect, listen, type Frame, type TestClient } from './helpers/client.js'
-import { REDIS_URL, canReach, waitFor } from './helpers/redis.js'
+import { REDIS_URL, canReach, freePort, hasCommand, killServer, startRedisServer, waitFor } from './helpers/redis.js'
 
 // Presence and users (README "Presence"), black-box over real sockets: one instance on the memory
 // broker, then two (and killed ones) on the real Redis at 127.0.0.1:6379, each test under its own
@@ -497,6 +497,31 @@ test('redis: no zombie after many kill/restart cycles of an instance, killed at 
   }
   t.diagnostic(`${cycles} cycles in ${killed - began} ms; ${joined} members joined and left; clean ${Date.now() - killed} ms after the last kill`)
   assert.ok(joined >= cycles, 'the instances did join before being killed')
+})
+
+test('redis: joins and leaves made while Redis was away are applied when it is back, even empty: no zombie, no one missing', { skip: skip || (await hasCommand('redis-server') ? false : 'redis-server is not installed'), timeout: 60_000 }, async t => {
+  const port = await freePort()
+  let server = await startRedisServer(port)
+  t.after(() => killServer(server))
+  const url = `redis://127.0.0.1:${port}`
+  const prefix = prefixFor()
+  const a = await presenceApp(t, { broker: redisBroker({ url, prefix, presenceTtl: 900 }) })
+  const b = await presenceApp(t, { broker: redisBroker({ url, prefix, presenceTtl: 900 }) })
+  const [a1, a2, b1] = [await as(t, a.url, 'a1'), await as(t, a.url, 'a2'), await as(t, b.url, 'b1')]
+  for (const c of [a1, a2, b1]) await subscribe(c, 'rooms/o')
+  const users = async (x: App) => (await x.app.drizzle.presence('rooms/o')).map(m => m.user).sort()
+  assert.deepEqual(await users(a), ['a1', 'a2', 'b1'])
+  await killServer(server)
+  a2.terminate()
+  await waitFor('a2 closed on the server', () => a.app.drizzle.subscriberCount('rooms/o') === 1)
+  const b2 = await as(t, b.url, 'b2')
+  assert.equal((await subscribe(b2, 'rooms/o')).data.subscribed, true, 'subscribing works during the outage')
+  await assert.rejects(a.app.drizzle.presence('rooms/o'), { code: 'FST_DRIZZLE_BROKER_UNAVAILABLE' })
+  server = await startRedisServer(port)
+  await waitFor('presence rebuilt on the restarted (empty) Redis', async () => {
+    const [ua, ub] = await Promise.all([users(a), users(b)]).catch(() => [[], []])
+    return JSON.stringify(ua) === JSON.stringify(['a1', 'b1', 'b2']) && JSON.stringify(ub) === JSON.stringify(ua)
+  }, 15_000)
 })
 
 // ---- bounded memory -------------------------------------------------------------------------------

@@ -146,6 +146,11 @@ interface LocalMember {
 export class RedisPresence implements BrokerPresence {
   /** This instance's members, by topic: what it writes again when Redis lost them. */
   private readonly local = new Map<string, Map<string, LocalMember>>()
+  /**
+   * Members whose last join or leave failed (Redis away or slow): the next heartbeat that succeeds
+   * applies their current state, so a member that left during an outage is no zombie of a live instance.
+   */
+  private readonly dirty = new Map<string, { topic: string, member: PresenceMember, events: boolean }>()
   /** Per member, the tail of its join/leave commands, so a leave never overtakes its join. */
   private readonly pending = new Map<string, Promise<unknown>>()
   private timer: ReturnType<typeof setInterval> | undefined
@@ -165,6 +170,9 @@ export class RedisPresence implements BrokerPresence {
     await this.start()
     try {
       await this.serially(topic, member.connection, () => this.write(topic, member, announce, true))
+    } catch (err) {
+      this.dirty.set(topic + '\n' + member.connection, { topic, member, events: announce })
+      throw err
     } finally {
       // Written, or failed: from now on a rewrite (after Redis is back) takes care of it.
       local.written = true
@@ -174,12 +182,21 @@ export class RedisPresence implements BrokerPresence {
   async leave (topic: string, member: PresenceMember, announce: boolean): Promise<void> {
     const members = this.local.get(topic)
     if (members === undefined || !members.delete(member.connection)) return
-    const last = members.size === 0
-    if (last) this.local.delete(topic)
+    if (members.size === 0) this.local.delete(topic)
+    try {
+      await this.serially(topic, member.connection, () => this.remove(topic, member, announce))
+    } catch (err) {
+      this.dirty.set(topic + '\n' + member.connection, { topic, member, events: announce })
+      throw err
+    }
+  }
+
+  private remove (topic: string, member: PresenceMember, announce: boolean): Promise<unknown> {
     const { prefix } = this.settings
     const message = announce ? this.message(member, LEAVE_EVENT, true) : ''
-    await this.serially(topic, member.connection, () => this.settings.run(c => evalScript(c, SCRIPTS.leave,
-      [membersKey(prefix, topic), this.topicsKey(), prefix + topic], [member.connection, topic, message, last ? '1' : '0'])))
+    const last = this.local.get(topic) === undefined
+    return this.settings.run(c => evalScript(c, SCRIPTS.leave,
+      [membersKey(prefix, topic), this.topicsKey(), prefix + topic], [member.connection, topic, message, last ? '1' : '0']))
   }
 
   async members (topic: string): Promise<PresenceMember[]> {
@@ -221,6 +238,7 @@ export class RedisPresence implements BrokerPresence {
       const unknown = await this.settings.run(c => evalScript(c, SCRIPTS.heartbeat, [this.instancesKey(), this.topicsKey()],
         [origin, String(ttl), String(3 * ttl), prefix]))
       if (unknown === 1) await this.rewrite()
+      await this.repair()
     } catch (err) {
       this.settings.log().debug({ broker: 'redis', err }, 'Redis presence heartbeat failed; retrying at the next one')
     }
@@ -237,6 +255,16 @@ export class RedisPresence implements BrokerPresence {
         if (!written) continue
         await this.serially(topic, member.connection, () => this.write(topic, member, events, false))
       }
+    }
+  }
+
+  /** Applies the current state of the members whose last command failed (see `dirty`). */
+  private async repair (): Promise<void> {
+    for (const [key, { topic, member, events }] of this.dirty) {
+      this.dirty.delete(key)
+      const present = this.local.get(topic)?.has(member.connection) === true
+      await this.serially(topic, member.connection, () => present ? this.write(topic, member, events, true) : this.remove(topic, member, events))
+        .catch(() => { this.dirty.set(key, { topic, member, events }) })
     }
   }
 

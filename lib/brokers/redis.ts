@@ -248,8 +248,16 @@ const OPTIONS = {
   log: withDefault(silentLogger, logger),
   maxMessageBytes: withDefault(DEFAULT_MAX_MESSAGE_BYTES, positiveInteger()),
   commandTimeout: withDefault(1000, positiveInteger('milliseconds')),
-  presenceTtl: withDefault(15_000, positiveInteger('milliseconds'))
+  presenceTtl: withDefault(15_000, atLeast(300, 'milliseconds'))
 } satisfies Record<keyof RedisBrokerOptions, Check<unknown>>
+
+/** An integer of at least `min` (a presence TTL renewed every third of it needs room for a busy event loop). */
+function atLeast (min: number, unit: string): Check<number> {
+  return (value, name) => {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) fail(name, `expected an integer of at least ${min} ${unit}`, value)
+    return value
+  }
+}
 
 function readSettings (options: unknown): Settings {
   const settings = readOptions(options, OPTIONS)

@@ -174,6 +174,18 @@ test('memory: hostile presence requests and user ids are refused or harmless', a
   assert.equal((await c.request('$topic', 'subscribe', { topic: 'rooms/ok' })).data.subscribed, true, 'still serving')
 })
 
+test('a bad presence option fails at declaration with FST_DRIZZLE_INVALID_TOPIC', async t => {
+  const app = Fastify()
+  t.after(() => app.close())
+  await app.register(drizzle)
+  for (const presence of ['yes', null, [], { event: false }, { events: 'no' }]) {
+    assert.throws(() => app.drizzle.topic(`bad/${JSON.stringify(presence)}`, { presence } as never), { code: 'FST_DRIZZLE_INVALID_TOPIC' }, JSON.stringify(presence))
+  }
+  app.drizzle.topic('off', { presence: false })
+  await app.ready()
+  await assert.rejects(app.drizzle.presence('off'), { code: 'TOPIC_NOT_FOUND' })
+})
+
 test('identify: runs after the app\'s hooks; a throw refuses the upgrade; numbers become strings; none gives null', async t => {
   const app = Fastify()
   app.decorateRequest('account', null)

@@ -5,6 +5,8 @@ import { MAX_NAME_LENGTH, MAX_REQUEST_ID_LENGTH } from './protocol.js'
 import { plainSchema, type CompiledAction } from './resources.js'
 import type { Runtime } from './runtime.js'
 import { ALL_TOPIC, type DeclaredTopic } from './topics.js'
+import { PRESENCE_RESOURCE, presenceSettings } from './presence.js'
+import { USER_TOPIC } from './users.js'
 
 // An AsyncAPI 3.0 document generated from the declarations, read from the registry each time it is
 // asked for: resources may be declared after the server started, and the document is not a hot path.
@@ -102,7 +104,16 @@ export function buildAsyncApi (rt: Runtime, server: AsyncApiServer): AsyncApiDoc
   for (const action of rt.registry.actions()) addAction(doc, messages, keys, action.resource, action.action, action.schema, describeAction(action))
   addTopicActions(doc, messages, keys)
   const declared = rt.patterns.all()
-  for (const topic of declared) addTopic(doc, keys, topic.pattern, topic.params, topic.options.schema, topicDescription(topic))
+  for (const topic of declared) {
+    const channelKey = addTopic(doc, keys, topic.pattern, topic.params, topic.options.schema, topicDescription(topic))
+    const presence = presenceSettings(topic)
+    if (presence?.events === true) addPresenceEvents(doc, channelKey, topic.pattern)
+  }
+  if (declared.some(t => presenceSettings(t) !== undefined)) addPresenceAction(doc, messages, keys)
+  if (rt.options.identify !== undefined) {
+    addTopic(doc, keys, USER_TOPIC, [undefined], undefined,
+      'Publications to the connection\'s user (`app.drizzle.publishToUser(user, data, { event })`, or a broker message to `$user/<user>`), on every instance. Never subscribed: every identified connection receives it.')
+  }
   if (!declared.some(t => t.pattern === ALL_TOPIC)) {
     addTopic(doc, keys, ALL_TOPIC, [undefined], undefined, 'Every connection receives it from the moment it connects (`app.drizzle.publish("__all__", data)`).')
   }
@@ -148,9 +159,32 @@ function addTopicActions (doc: AsyncApiDocument, messages: Record<string, unknow
   }
 }
 
-/** A topic: a channel whose address has `{param}` for each `:param`, and the server's send operation. */
+const MEMBER = { type: 'object', required: ['connection', 'user'], properties: { connection: { type: 'string' }, user: { type: ['string', 'null'] } } }
+
+/** The built-in `$presence/get`, for subscribers of topics declared with presence. */
+function addPresenceAction (doc: AsyncApiDocument, messages: Record<string, unknown>, keys: Keys): void {
+  const data = { type: 'object', required: ['topic'], properties: { topic: { type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH } } }
+  const reply = { type: 'object', required: ['topic', 'members'], properties: { topic: { type: 'string' }, members: { type: 'array', items: MEMBER } } }
+  addAction(doc, messages, keys, PRESENCE_RESOURCE, 'get', { data, reply },
+    'Built-in: the members of a topic declared with presence, on every instance (FORBIDDEN unless subscribed to it)')
+}
+
+/** `$join` and `$leave` frames on a presence topic's channel, sent by its send operation too. */
+function addPresenceEvents (doc: AsyncApiDocument, channelKey: string, pattern: string): void {
+  const channel = doc.channels[channelKey] as { messages: Record<string, unknown> }
+  for (const [key, event, what] of [['join', '$join', 'subscribed'], ['leave', '$leave', 'unsubscribed or closed']] as const) {
+    const payload = { type: 'object', required: ['topic', 'event', 'data'], properties: { topic: { type: 'string' }, event: { type: 'string', const: event }, data: MEMBER } }
+    channel.messages[key] = message(key, `${pattern} ${event}`, `A connection ${what} (presence)`, payload, false)
+  }
+  for (const operation of Object.values(doc.operations) as Array<{ channel: { $ref: string }, messages: unknown[] }>) {
+    if (operation.channel.$ref !== `#/channels/${channelKey}`) continue
+    for (const key of ['join', 'leave']) operation.messages.push({ $ref: `#/channels/${channelKey}/messages/${key}` })
+  }
+}
+
+/** A topic: a channel whose address has `{param}` for each `:param`, and the server's send operation. Returns the channel's key. */
 function addTopic (doc: AsyncApiDocument, keys: Keys, pattern: string, params: readonly (string | undefined)[],
-  schema: unknown, description: string): void {
+  schema: unknown, description: string): string {
   const segments = pattern.split('/').map((segment, i) => params[i] === undefined ? segment : `{${params[i]}}`)
   const name = pattern.replace(/\//g, '.').replace(/:/g, '')
   const channelKey = keys.channels.take(`topic.${name}`)
@@ -180,6 +214,7 @@ function addTopic (doc: AsyncApiDocument, keys: Keys, pattern: string, params: r
     summary: `The server sends each publication on ${pattern} to the connections subscribed to it`,
     messages: [{ $ref: `#/channels/${channelKey}/messages/publication` }]
   }
+  return channelKey
 }
 
 function message (name: string, title: string, summary: string, payload: unknown, correlated: boolean): Record<string, unknown> {

@@ -11,6 +11,7 @@ import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
 import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
+import { userOf } from './users.js'
 
 // The WebSocket transport: one Connection owns one socket's loop. Inbound (handle*): frames, pongs,
 // close. Outbound (send*): replies and publications, each with its backpressure rule. Nothing else
@@ -28,6 +29,7 @@ type OwnedSocket = WebSocket & { [kConnection]: Connection }
 export class Connection implements Peer, Answer, SocketOwner {
   readonly topics = new Set<string>()
   readonly log: FastifyBaseLogger
+  readonly user: string | null
   /** Requests of this connection whose handler has not ended. */
   private inFlight = 0
   private isClosed = false
@@ -59,6 +61,7 @@ export class Connection implements Peer, Answer, SocketOwner {
 
   constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly rt: Runtime) {
     this.log = request.log
+    this.user = userOf(request)
     this.logsActions = !rt.options.disableActionLogging && infoEnabled(this.log)
   }
 
@@ -74,6 +77,7 @@ export class Connection implements Peer, Answer, SocketOwner {
     const rt = this.rt
     rt.connections.add(this)
     rt.subscriptions.add(this, ALL_TOPIC)
+    rt.users.add(this)
     const socket = this.socket as OwnedSocket
     socket[kConnection] = this
     socket.on('message', onMessage)
@@ -229,6 +233,8 @@ export class Connection implements Peer, Answer, SocketOwner {
     this.backlog = this.incomplete = 0
     rt.connections.delete(this)
     const topics = rt.subscriptions.removeAll(this)
+    rt.users.remove(this)
+    rt.presence.closed(this)
     this.socket.removeListener('message', onMessage)
     this.socket.removeListener('pong', onPong)
     this.socket.removeListener('close', onClose)

@@ -9,6 +9,8 @@ export interface DrizzleConnectionStore extends Record<string, unknown> {}
 export interface DrizzleConnection {
   /** Unique across processes (a UUID), so presence can be tracked through a broker. */
   readonly id: string
+  /** The user `identify` named for this connection, or null (always null over HTTP). */
+  readonly user: string | null
   /** The upgrade request, with whatever the app's Fastify hooks decorated on it (e.g. `request.user`). */
   readonly request: FastifyRequest
   readonly log: FastifyBaseLogger

@@ -35,6 +35,8 @@ export const AlreadyStartedError = createError('FST_DRIZZLE_ALREADY_STARTED', 'C
 // Errors of brokers, returned to callers of publish().
 export const BrokerUnavailableError = createError('FST_DRIZZLE_BROKER_UNAVAILABLE', 'Broker "%s" cannot take the publication: %s', 503)
 export const BrokerClosedError = createError('FST_DRIZZLE_BROKER_CLOSED', 'Broker "%s" is closed', 503)
+// identify (or publishToUser/disconnectUser) given something that cannot name a user.
+export const InvalidUserError = createError('FST_DRIZZLE_INVALID_USER', '%s an invalid user: %s', 500)
 export const BrokerUnsupportedError = createError('FST_DRIZZLE_BROKER_UNSUPPORTED', 'Broker "%s" does not support %s, which topic "%s" declares')
 
 /** A VALIDATION_ERROR carrying the list of what was wrong, each with its path. */

@@ -201,6 +201,7 @@ class HttpConnection implements DrizzleConnection {
   readonly log: FastifyBaseLogger
   readonly store: DrizzleConnectionStore = Object.create(null)
   readonly topics: ReadonlySet<string> = new Set()
+  readonly user = null
 
   constructor (readonly request: FastifyRequest) {
     this.id = request.id

@@ -10,6 +10,8 @@ export type { Broker, BrokerFeature, BrokerSink, DeliveryMeta, PublishOptions } 
 export type { DrizzleOptions, RateLimitOptions, OriginCheck, HttpOptions, AsyncApiOptions, PlaygroundOptions } from './options.js'
 export type { AsyncApiDocument, AsyncApiServer, AsyncApiCallOptions } from './asyncapi.js'
 export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
+export type { BrokerPresence, PresenceMember } from './brokers/presence.js'
+export type { DisconnectOptions } from './users.js'
 export { ActionContext } from './context.js'
 export { DrizzleScope } from './scope.js'
 export * as errors from './errors.js'

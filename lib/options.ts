@@ -1,3 +1,4 @@
+import type { FastifyRequest } from 'fastify'
 import type { Broker } from './brokers/types.js'
 import { InvalidOptionError, describe } from './errors.js'
 import type { ProtoAction } from './protocol.js'
@@ -79,6 +80,12 @@ const OPTIONS = {
   path: option({ default: '/ws', resolve: routePath }),
   /** Carries publications across processes; the in-memory default serves a single process. */
   broker: option({ resolve: checkBroker }),
+  /**
+   * Names the user of each WebSocket connection (`connection.user`): called once per connection,
+   * after the app's hooks on the upgrade request; returns (or resolves to) a string, a safe integer,
+   * or null/undefined for none. A throw refuses the upgrade as a hook's would.
+   */
+  identify: option<((request: FastifyRequest) => unknown) | undefined>({ resolve: optionalFunction }),
   /** Close the broker when Fastify closes. */
   closeBroker: option({ default: true, resolve: boolean }),
   /** Turn off the "action completed" log line (5xx errors are still logged). */
@@ -205,6 +212,11 @@ function checkBroker (broker: unknown): Broker | undefined {
     fail('broker', `expected a broker with methods ${methods.join(', ')} (e.g. redisBroker() from fastify-drizzle/redis)`, broker)
   }
   return broker as Broker
+}
+
+function optionalFunction (value: unknown, name: string): ((request: FastifyRequest) => unknown) | undefined {
+  if (value !== undefined && typeof value !== 'function') fail(name, 'expected a function (request) => user', value)
+  return value as ((request: FastifyRequest) => unknown) | undefined
 }
 
 function checkRateLimit (value: unknown): RateLimitOptions | false {

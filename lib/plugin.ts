@@ -13,6 +13,7 @@ import { serveOverHttp } from './http.js'
 import { addPlaygroundRoutes } from './playground.js'
 import { Runtime } from './runtime.js'
 import { scopeGetter } from './scope.js'
+import { identifyHook } from './users.js'
 
 async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): Promise<void> {
   const options = resolveOptions(input)
@@ -42,6 +43,8 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
     method: 'GET',
     url: options.path,
     onRequest: (request, reply, done) => guardUpgrade(rt, request, reply, done),
+    // After the app's own hooks (auth), so identify can read what they decorated (request.user).
+    ...(options.identify === undefined ? {} : { preHandler: identifyHook(options.identify, rt.broker) }),
     // A plain GET gets a clear answer instead of a 404.
     handler: (_request, reply) => {
       reply.code(426).header('upgrade', 'websocket').send({ statusCode: 426, code: 'UPGRADE_REQUIRED', error: 'Upgrade Required', message: 'This route accepts WebSocket connections only' })

@@ -16,6 +16,8 @@ import { ActionRunner } from './lifecycle.js'
 import type { ResolvedOptions } from './options.js'
 import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
+import { PRESENCE_RESOURCE, PresenceTracker } from './presence.js'
+import { isUserTopic, UserDirectory } from './users.js'
 import { ALL_TOPIC, featuresOf, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
 
 const TOPIC_RESOURCE = '$topic'
@@ -52,6 +54,8 @@ export class Runtime implements ContextHost<Peer> {
   readonly parseOptions: ParseOptions
   readonly appHooks = {} as Record<ApplicationHookName, CompiledHook[]>
   readonly runner: ActionRunner
+  readonly presence: PresenceTracker
+  readonly users: UserDirectory
   readonly declarationListeners: DeclarationListener[] = []
   private readonly scopeHooks = new WeakMap<object, Record<ActionHookName, CompiledHook[]>>()
   /** Unsubscribing from a topic that matches no declaration, which a handler may have subscribed. */
@@ -66,6 +70,8 @@ export class Runtime implements ContextHost<Peer> {
     this.parseOptions = { protoAction: options.onProtoPoisoning, constructorAction: options.onConstructorPoisoning }
     this.subscriptions = new Subscriptions(this.broker, (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
     this.runner = new ActionRunner(options.actionTimeout)
+    this.presence = new PresenceTracker(this)
+    this.users = new UserDirectory(this.broker, (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
     for (const name of APPLICATION_HOOKS) this.appHooks[name] = []
     this.plainUnsubscribe = this.topicAction(root, 'unsubscribe', undefined)
   }
@@ -85,9 +91,11 @@ export class Runtime implements ContextHost<Peer> {
   declareTopic (scope: FastifyInstance, pattern: unknown, options: unknown): void {
     const declared = parsePattern(pattern, options, scope)
     this.patterns.add(declared)
+    // First: the subscribe action of a presence topic differs (it delivers the joiner's $join).
+    const presenceGet = this.presence.declare(scope, declared)
     const actions = { subscribe: this.topicAction(scope, 'subscribe', declared), unsubscribe: this.topicAction(scope, 'unsubscribe', declared) }
     this.topicActions.set(declared, actions)
-    if (this.started) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
+    if (this.started) { this.link(actions.subscribe); this.link(actions.unsubscribe); if (presenceGet !== undefined) this.link(presenceGet) }
   }
 
   addHook (scope: FastifyInstance, name: unknown, fn: unknown): void {
@@ -112,6 +120,7 @@ export class Runtime implements ContextHost<Peer> {
     this.runner.tune(this.registry.actions())
     for (const action of this.registry.actions()) this.link(action)
     for (const actions of this.topicActions.values()) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
+    for (const action of this.presence.actions.values()) this.link(action)
     this.link(this.plainUnsubscribe)
   }
 
@@ -143,6 +152,7 @@ export class Runtime implements ContextHost<Peer> {
   /** Finds the action for an envelope, or the error that says why there is none. */
   resolve (conn: Peer, message: Envelope): CompiledAction | Error {
     if (message.resource === TOPIC_RESOURCE) return this.resolveTopicAction(conn, message)
+    if (message.resource === PRESENCE_RESOURCE) return this.presence.resolve(message)
     const actions = this.registry.resources.get(message.resource)
     if (actions === undefined) return new ResourceNotFoundError(message.resource)
     return actions.get(message.action) ?? new ActionNotFoundError(message.action, message.resource)
@@ -159,7 +169,8 @@ export class Runtime implements ContextHost<Peer> {
     const problem = this.topicProblem(topic)
     if (problem !== undefined) return validationError(`"data.topic" ${problem}`, [{ path: '/data/topic', message: problem }])
     // `__all__` is every connection's for its lifetime, even where a `:param` pattern would match it.
-    if (topic === ALL_TOPIC) return new TopicNotFoundError(topic)
+    // `$user/<user>` and `$disconnect/<user>` carry users' messages: never a client's to subscribe.
+    if (topic === ALL_TOPIC || isUserTopic(topic)) return new TopicNotFoundError(topic)
     const match = this.patterns.match(topic)
     if (match !== undefined) return (this.topicActions.get(match.declared) as TopicActions)[name]
     if (name === 'unsubscribe' && conn.topics.has(topic)) return this.plainUnsubscribe
@@ -176,7 +187,7 @@ export class Runtime implements ContextHost<Peer> {
         const params = rt.patterns.match(topic)?.params ?? {}
         if (await authorize(ctx, params) !== true) throw new ForbiddenError(`Not allowed to subscribe to "${topic}"`)
       }
-      await rt.subscribe(ctx.connection as Peer, topic)
+      await rt.subscribe(ctx.connection as Peer, topic, true)
       return { topic, subscribed: true }
     }
     async function unsubscribe (message: Envelope, ctx: { connection: DrizzleConnection }) {
@@ -184,7 +195,7 @@ export class Runtime implements ContextHost<Peer> {
       await rt.unsubscribe(ctx.connection as Peer, topic)
       return { topic, subscribed: false }
     }
-    return compileAction(scope, TOPIC_RESOURCE, name, name === 'subscribe' ? subscribe : unsubscribe)
+    return compileAction(scope, TOPIC_RESOURCE, name, name === 'subscribe' ? this.presence.subscribeAction(declared, subscribe) : unsubscribe)
   }
 
   // ---- topics -----------------------------------------------------------------------------
@@ -203,12 +214,13 @@ export class Runtime implements ContextHost<Peer> {
    * Subscribes a connection (resolves to false when it already was, or is closed). Refused with
    * TOO_MANY_SUBSCRIPTIONS past `maxSubscriptions` topics, `__all__` not counted.
    */
-  async subscribe (conn: Peer, topic: string): Promise<boolean> {
+  async subscribe (conn: Peer, topic: string, deferJoin = false): Promise<boolean> {
     this.checkTopic(topic)
     if (conn.closed || conn.topics.has(topic)) return false
     const max = this.options.maxSubscriptions
     if (conn.topics.size - (conn.topics.has(ALL_TOPIC) ? 1 : 0) >= max) throw new TooManySubscriptionsError(max)
     this.subscriptions.add(conn, topic)
+    await this.presence.join(conn, topic, deferJoin)
     if (this.appHooks.onSubscribe.length > 0) await runSafeHooks(this.appHooks.onSubscribe, conn.log, 'onSubscribe', conn, topic)
     return true
   }
@@ -216,6 +228,7 @@ export class Runtime implements ContextHost<Peer> {
   async unsubscribe (conn: Peer, topic: string): Promise<boolean> {
     this.checkTopic(topic)
     if (!this.subscriptions.remove(conn, topic)) return false
+    this.presence.leave(conn, topic)
     if (this.appHooks.onUnsubscribe.length > 0) await runSafeHooks(this.appHooks.onUnsubscribe, conn.log, 'onUnsubscribe', conn, topic)
     return true
   }
@@ -239,6 +252,7 @@ export class Runtime implements ContextHost<Peer> {
 
   /** What a broker calls with a publication from another process. */
   deliver (topic: string, data: unknown, event: string | undefined): void {
+    if (this.users.intercept(topic, data, event)) return
     let json: string
     try {
       json = JSON.stringify(data) ?? 'null'

@@ -2,6 +2,8 @@ import type { FastifyInstance } from 'fastify'
 import type { Static, TSchema } from 'typebox'
 import { buildAsyncApi, serverOf, type AsyncApiCallOptions, type AsyncApiDocument } from './asyncapi.js'
 import type { PublishOptions } from './brokers/types.js'
+import type { PresenceMember } from './brokers/presence.js'
+import type { DisconnectOptions } from './users.js'
 import type { DrizzleConnection } from './context.js'
 import type { Runtime } from './runtime.js'
 import type {
@@ -49,6 +51,27 @@ export class DrizzleScope {
 
   publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
     return this.rt.publish(topic, data, options)
+  }
+
+  /**
+   * The members of a topic declared with `presence`, on every instance: `[{ connection, user }]`.
+   * Rejects with TOPIC_NOT_FOUND for a topic without presence.
+   */
+  presence (topic: string): Promise<PresenceMember[]> {
+    return this.rt.presence.members(topic)
+  }
+
+  /**
+   * Sends `{"topic":"$user","data":...,"event"?}` to every connection of `user` (named by the
+   * `identify` option) on every instance.
+   */
+  publishToUser (user: string | number, data: unknown, options?: PublishOptions): Promise<void> {
+    return this.rt.users.publishToUser(user, data, options)
+  }
+
+  /** Closes every connection of `user` on every instance, with `code` (default 4000) and `reason`. */
+  disconnectUser (user: string | number, options?: DisconnectOptions): Promise<void> {
+    return this.rt.users.disconnectUser(user, options)
   }
 
   /** Open connections of this app (in this process). */

@@ -21,6 +21,8 @@ export interface TopicOptions<Ctx = unknown> {
   authorize?: (ctx: Ctx, params: TopicParams) => boolean | Promise<boolean>
   /** Published frames' data schema, for documentation and typing. */
   schema?: unknown
+  /** Members listed by `$presence/get`, with `$join`/`$leave` frames unless `events: false`. */
+  presence?: boolean | { events?: boolean }
 }
 
 /** A topic clients may subscribe to themselves, e.g. `rooms/:id`. */
@@ -118,6 +120,8 @@ function matchSegments (declared: DeclaredTopic, parts: readonly string[]): Topi
  */
 export class Subscriptions {
   readonly byTopic = new Map<string, Set<Subscriber>>()
+  /** Per topic, the broker's subscription (settled, never rejected), which presence waits for. */
+  readonly brokerReady = new Map<string, Promise<void>>()
 
   constructor (private readonly broker: Broker, private readonly onBrokerError: (err: unknown, op: string, topic: string) => void) {}
 
@@ -127,7 +131,7 @@ export class Subscriptions {
     if (subscribers === undefined) {
       subscribers = new Set()
       this.byTopic.set(topic, subscribers)
-      if (topic !== ALL_TOPIC) this.broker.subscribe(topic).catch(err => this.onBrokerError(err, 'subscribe', topic))
+      if (topic !== ALL_TOPIC) this.brokerReady.set(topic, this.broker.subscribe(topic).catch(err => this.onBrokerError(err, 'subscribe', topic)))
     }
     subscribers.add(conn)
     conn.topics.add(topic)
@@ -141,6 +145,7 @@ export class Subscriptions {
       subscribers.delete(conn)
       if (subscribers.size === 0) {
         this.byTopic.delete(topic)
+        this.brokerReady.delete(topic)
         if (topic !== ALL_TOPIC) this.broker.unsubscribe(topic).catch(err => this.onBrokerError(err, 'unsubscribe', topic))
       }
     }

@@ -89,6 +89,11 @@ export interface TopicOptions<D = unknown> {
   authorize?: (ctx: ActionContext, params: TopicParams) => MaybePromise<boolean>
   /** Schema of the published data (documentation and client typing). */
   schema?: TSchema
+  /**
+   * Keep the topic's members (`$presence/get`, `drizzle.presence(topic)`) and send `$join`/`$leave`
+   * frames to its subscribers; `{ events: false }` keeps the members without the frames.
+   */
+  presence?: boolean | { events?: boolean }
   /** Type-level only. */
   '~data'?: D
 }

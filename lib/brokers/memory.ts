@@ -1,4 +1,5 @@
-import type { Broker } from './types.js'
+import type { Broker, BrokerFeature } from './types.js'
+import { localPresence } from './presence.js'
 import { BrokerClosedError } from '../errors.js'
 
 /**
@@ -9,6 +10,8 @@ export function memoryBroker (): Broker {
   let closed = false
   return {
     name: 'memory',
+    features: new Set<BrokerFeature>(['presence']),
+    presence: localPresence(),
     async attach () {},
     async subscribe () {},
     async unsubscribe () {},

@@ -1,10 +1,11 @@
 import { Redis, type RedisOptions } from 'ioredis'
-import type { Broker, BrokerLogger } from './types.js'
+import type { Broker, BrokerFeature, BrokerLogger } from './types.js'
 export type { BrokerLogger } from './types.js'
 import { BaseBroker, type BaseSettings } from './base.js'
 import { DEFAULT_MAX_MESSAGE_BYTES } from './wire.js'
 import { backoffDelay } from './backoff.js'
 import { errorMessage, withTimeout } from './toolkit.js'
+import { RedisPresence } from './redis-presence.js'
 import { fail, logger, optional, positiveInteger, readOptions, silentLogger, string, url, withDefault, type Check } from './options.js'
 
 /**
@@ -32,6 +33,12 @@ export interface RedisBrokerOptions {
    * before it rejects with FST_DRIZZLE_BROKER_UNAVAILABLE. Default 1000.
    */
   commandTimeout?: number
+  /**
+   * Milliseconds the presence members of an instance outlive it when it dies without closing (a
+   * SIGKILL, a lost host): each instance renews itself every third of it. Default 15000; their
+   * `$leave` follows within 4/3 of it (README "Presence").
+   */
+  presenceTtl?: number
 }
 
 interface Settings extends BaseSettings {
@@ -39,6 +46,7 @@ interface Settings extends BaseSettings {
   client: RedisClient | undefined
   prefix: string
   commandTimeout: number
+  presenceTtl: number
 }
 
 const NAME = 'redis'
@@ -83,6 +91,8 @@ export function redisBroker (options: RedisBrokerOptions = {}): Broker {
  * on every new subscriber connection, and the connections it must end at close.
  */
 class RedisBroker extends BaseBroker {
+  readonly features = new Set<BrokerFeature>(['presence'])
+  readonly presence: RedisPresence
   private readonly settings: Settings
   /** Connections this broker created; close() ends them. Never the user's client. */
   private readonly owned: Redis[] = []
@@ -92,6 +102,13 @@ class RedisBroker extends BaseBroker {
   constructor (settings: Settings) {
     super(NAME, 'Redis', settings)
     this.settings = settings
+    this.presence = new RedisPresence({
+      prefix: settings.prefix,
+      origin: this.origin,
+      ttl: settings.presenceTtl,
+      run: command => this.command(command),
+      log: () => this.log
+    })
   }
 
   protected async open (): Promise<void> {
@@ -141,7 +158,20 @@ class RedisBroker extends BaseBroker {
   }
 
   protected async release (): Promise<void> {
+    await this.presence.close()
     await Promise.all(this.owned.map(endConnection))
+  }
+
+  /** Runs a command on the publishing connection, failing fast (FST_DRIZZLE_BROKER_UNAVAILABLE) like publish. */
+  private async command<T> (command: (connection: Redis) => Promise<T>): Promise<T> {
+    const connection = this.publisherConnection()
+    const timeout = this.settings.commandTimeout
+    if (!await whenReady(connection, timeout)) throw this.unavailable(`not connected to Redis (${connection.status})`)
+    try {
+      return await withTimeout(command(connection), timeout, 'Redis')
+    } catch (err) {
+      throw this.unavailable(errorMessage(err), err)
+    }
   }
 
   private channelOf (topic: string): string {
@@ -217,8 +247,17 @@ const OPTIONS = {
   prefix: withDefault('drizzle:', string),
   log: withDefault(silentLogger, logger),
   maxMessageBytes: withDefault(DEFAULT_MAX_MESSAGE_BYTES, positiveInteger()),
-  commandTimeout: withDefault(1000, positiveInteger('milliseconds'))
+  commandTimeout: withDefault(1000, positiveInteger('milliseconds')),
+  presenceTtl: withDefault(15_000, atLeast(300, 'milliseconds'))
 } satisfies Record<keyof RedisBrokerOptions, Check<unknown>>
+
+/** An integer of at least `min` (a presence TTL renewed every third of it needs room for a busy event loop). */
+function atLeast (min: number, unit: string): Check<number> {
+  return (value, name) => {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) fail(name, `expected an integer of at least ${min} ${unit}`, value)
+    return value
+  }
+}
 
 function readSettings (options: unknown): Settings {
   const settings = readOptions(options, OPTIONS)

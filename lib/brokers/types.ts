@@ -1,4 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
+import type { BrokerPresence } from './presence.js'
 
 /** The part of a pino-like logger a broker uses; a Fastify logger or `console` fits. */
 export interface BrokerLogger {
@@ -52,6 +53,8 @@ export interface Broker {
   readonly name: string
   /** Features beyond live pub/sub this broker supports; none when absent. */
   readonly features?: ReadonlySet<BrokerFeature>
+  /** The shared member lists of presence topics; present when `features` has 'presence'. */
+  readonly presence?: BrokerPresence
   /** Called once by the plugin before the server starts listening. */
   attach (sink: BrokerSink): Promise<void>
   /**

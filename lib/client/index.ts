@@ -20,7 +20,7 @@ import { resolveOptions, type DrizzleClientOptions, type RequestOptions } from '
 import { PendingRequests } from './requests.js'
 import { ClientTopics } from './topics.js'
 import type {
-  ActionName, ClientEvents, ClientState, ConnectOption, RequestData, RequestReply, ResourceName, TopicData,
+  ActionName, ClientEvents, ClientState, ConnectOption, PresenceMember, RequestData, RequestReply, ResourceName, TopicData,
   TopicListener, TopicName, Unsubscribe
 } from './types.js'
 
@@ -28,7 +28,7 @@ export { DrizzleClientError } from './errors.js'
 export type { DrizzleClientErrorOptions, DrizzleClientErrorType } from './errors.js'
 export type { DrizzleClientOptions, ReconnectOptions, RequestOptions } from './options.js'
 export type {
-  ActionName, ClientEvents, ClientState, ConnectOption, ConnectTarget, Publication, RequestData, RequestReply,
+  ActionName, ClientEvents, ClientState, ConnectOption, ConnectTarget, PresenceEvent, PresenceListener, PresenceMember, Publication, RequestData, RequestReply,
   ResourceName, TopicData, TopicListener, TopicName, Unsubscribe, WebSocketConstructor, WebSocketLike
 } from './types.js'
 
@@ -91,6 +91,16 @@ export class DrizzleClient<Api extends AnyApi = AnyApi> {
    */
   subscribe<T extends TopicName<Api>> (topic: T, listener: TopicListener<TopicData<Api, T>>): Unsubscribe {
     return this.topics.subscribe(topic, listener)
+  }
+
+  /**
+   * The members of a topic declared with `presence` (`$presence/get`), on every instance of the
+   * server. The client must be subscribed to it (else FORBIDDEN); a topic without presence is
+   * TOPIC_NOT_FOUND. `$join`/`$leave` frames after that come through the subscription's `on`.
+   */
+  async presence<T extends TopicName<Api>> (topic: T, options?: RequestOptions): Promise<PresenceMember[]> {
+    const reply = await this.requests.add('$presence', 'get', { topic }, options) as { members: PresenceMember[] }
+    return reply.members
   }
 
   /**

@@ -4,13 +4,17 @@
 import { DrizzleClientError, isClientError, withTopic } from './errors.js'
 import { callSafely, noop, type Emitter } from './emitter.js'
 import type { Link, PendingRequests } from './requests.js'
-import type { ClientEvents, Publication, TopicListener, Unsubscribe } from './types.js'
+import type { ClientEvents, PresenceEvent, PresenceListener, PresenceMember, Publication, TopicListener, Unsubscribe } from './types.js'
 
 const TOPIC_RESOURCE = '$topic'
+/** Presence frames go to presence listeners (Unsubscribe.on), never to data listeners: their data is a member. */
+const PRESENCE_EVENTS = new Map<string, PresenceEvent>([['$join', 'join'], ['$leave', 'leave']])
 
 /** One topic the client subscribed to: its listeners, and whether the server confirmed it. */
 interface TopicState {
   readonly listeners: Set<TopicListener<any>>
+  /** Presence listeners of every handle of the topic. */
+  readonly presence: Set<{ event: PresenceEvent, listener: PresenceListener }>
   readonly ready: Promise<void>
   /** Resolves `ready`, or rejects it with `error`; only the first call counts. */
   setReady: (error?: unknown) => void
@@ -33,7 +37,7 @@ export class ClientTopics {
     if (this.link.state === 'closed') {
       const dead = newTopicState()
       dead.setReady(new DrizzleClientError('disconnect', 'Client is closed', { topic }))
-      return Object.assign(noop, { ready: dead.ready })
+      return Object.assign(() => {}, { ready: dead.ready, on: () => noop })
     }
     let state = this.topics.get(topic)
     if (state === undefined) {
@@ -44,8 +48,18 @@ export class ClientTopics {
     }
     state.listeners.add(listener)
     const current = state
-    const stop = (): void => { this.unsubscribe(topic, current, listener) }
-    return Object.assign(stop, { ready: current.ready })
+    const own = new Set<{ event: PresenceEvent, listener: PresenceListener }>()
+    const stop = (): void => {
+      for (const entry of own) current.presence.delete(entry)
+      this.unsubscribe(topic, current, listener)
+    }
+    const on = (event: PresenceEvent, fn: PresenceListener): (() => void) => {
+      const entry = { event, listener: fn }
+      own.add(entry)
+      current.presence.add(entry)
+      return () => { own.delete(entry); current.presence.delete(entry) }
+    }
+    return Object.assign(stop, { ready: current.ready, on })
   }
 
   /** See DrizzleClient.listen. */
@@ -65,10 +79,21 @@ export class ClientTopics {
   /** Hands a publication the server sent to the `publication` event, then to its topic's listeners. */
   dispatchPublication (frame: Publication): void {
     this.events.emit('publication', frame)
+    const presenceEvent = frame.event === undefined ? undefined : PRESENCE_EVENTS.get(frame.event)
+    if (presenceEvent !== undefined) {
+      this.dispatchPresence(presenceEvent, frame as Publication<PresenceMember>)
+      return
+    }
     const subscribed = this.topics.get(frame.topic)
     if (subscribed !== undefined) for (const fn of [...subscribed.listeners]) callSafely(fn, frame.data, frame)
     const listening = this.listeners.get(frame.topic)
     if (listening !== undefined) for (const fn of [...listening]) callSafely(fn, frame.data, frame)
+  }
+
+  private dispatchPresence (event: PresenceEvent, frame: Publication<PresenceMember>): void {
+    const state = this.topics.get(frame.topic)
+    if (state === undefined) return
+    for (const entry of [...state.presence]) if (entry.event === event) callSafely(entry.listener, frame.data, frame)
   }
 
   /** A connection opened: the server knows none of the client's topics yet. */
@@ -122,5 +147,5 @@ function newTopicState (): TopicState {
   })
   // Marks the promise handled: a refusal is also an `error` event, and awaiting `ready` is optional.
   ready.catch(noop)
-  return { listeners: new Set(), ready, setReady }
+  return { listeners: new Set(), presence: new Set(), ready, setReady }
 }

@@ -2,6 +2,9 @@
 // and the shapes its callbacks receive. Types only: nothing here exists at runtime.
 import type { AnyApi } from '../types.js'
 import type { DrizzleClientError } from './errors.js'
+import type { PresenceMember } from '../brokers/presence.js'
+
+export type { PresenceMember }
 
 // ---- sockets ------------------------------------------------------------------------------------
 
@@ -69,7 +72,18 @@ export interface Unsubscribe {
    * the client closed first. Awaiting it is optional: it never causes an unhandled rejection.
    */
   readonly ready: Promise<void>
+  /**
+   * Listens to the `$join` or `$leave` frames of the topic (topics declared with `presence`): a
+   * connection subscribed or left. Members present before are read with `client.presence(topic)`.
+   * Returns the function that removes the listener; stopping the subscription removes it too.
+   */
+  on (event: PresenceEvent, listener: PresenceListener): () => void
 }
+
+/** `join` for `$join` frames, `leave` for `$leave` frames. */
+export type PresenceEvent = 'join' | 'leave'
+
+export type PresenceListener = (member: PresenceMember, frame: Publication<PresenceMember>) => void
 
 export interface ClientEvents {
   /** A connection opened; `reconnected` is false only for the first one. */

@@ -1,0 +1,176 @@
+import type { FastifyInstance } from 'fastify'
+import Type from 'typebox'
+import { Compile } from 'typebox/compile'
+import { JOIN_EVENT, LEAVE_EVENT, type BrokerPresence, type PresenceMember } from './brokers/presence.js'
+import type { DrizzleConnection } from './context.js'
+import { ActionNotFoundError, BrokerUnsupportedError, ForbiddenError, InvalidTopicError, TopicNotFoundError, describe, validationError } from './errors.js'
+import { MAX_NAME_LENGTH, type Envelope } from './protocol.js'
+import { compileAction, type CompiledAction } from './resources.js'
+import type { Peer, Runtime } from './runtime.js'
+import { checkTopic, type DeclaredTopic } from './topics.js'
+
+// Presence of declared topics (README "Presence"): which connections are subscribed, on every
+// instance, `$presence/get`, and the `$join`/`$leave` frames. The broker keeps the shared member
+// list (BrokerPresence); this module keeps this process's side: which of its connections joined what,
+// and whether their `$join` went out, so that each `$leave` matches one `$join`.
+
+export const PRESENCE_RESOURCE = '$presence'
+export type { PresenceMember } from './brokers/presence.js'
+
+/** `presence: true | { events?: boolean }` of a declared topic, resolved. */
+interface PresenceSettings { events: boolean }
+
+/** One connection's membership of one topic. */
+interface Membership {
+  readonly member: PresenceMember
+  readonly events: boolean
+  /** Whether this process delivered its `$join` (then its `$leave` follows). */
+  announced: boolean
+}
+
+const presenceData = Compile(Type.Object({ topic: Type.String({ minLength: 1, maxLength: MAX_NAME_LENGTH }) }))
+
+/** Reads and checks a declared topic's `presence` option at declaration; undefined when off. */
+export function presenceSettings (declared: DeclaredTopic): PresenceSettings | undefined {
+  const value = (declared.options as { presence?: unknown }).presence
+  if (value === undefined || value === false) return undefined
+  if (value === true) return { events: true }
+  const expected = 'presence must be a boolean or { events?: boolean }'
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidTopicError(`${expected} (topic "${declared.pattern}"), received ${describe(value)}`)
+  for (const key of Object.keys(value)) if (key !== 'events') throw new InvalidTopicError(`${expected} (topic "${declared.pattern}"); unknown key "${key}"`)
+  const events = (value as { events?: unknown }).events
+  if (events !== undefined && typeof events !== 'boolean') throw new InvalidTopicError(`${expected} (topic "${declared.pattern}"), received events: ${describe(events)}`)
+  return { events: events ?? true }
+}
+
+export class PresenceTracker {
+  /** The `$presence/get` action of each presence topic, compiled in the scope that declared it. */
+  readonly actions = new Map<DeclaredTopic, CompiledAction>()
+  private readonly settings = new Map<DeclaredTopic, PresenceSettings>()
+  /** Presence topics each local connection joined; a connection is removed with its last one. */
+  private readonly joined = new Map<Peer, Map<string, Membership>>()
+
+  constructor (private readonly rt: Runtime) {}
+
+  /** Called for each declared topic; returns the `$presence/get` action when it has presence. */
+  declare (scope: FastifyInstance, declared: DeclaredTopic): CompiledAction | undefined {
+    const settings = presenceSettings(declared)
+    if (settings === undefined) return undefined
+    this.settings.set(declared, settings)
+    const tracker = this
+    async function get (message: Envelope, ctx: { connection: DrizzleConnection }) {
+      const topic = (message.data as { topic: string }).topic
+      // Only subscribers may look: presence tells who is there, which authorize guards like the data.
+      if (!ctx.connection.topics.has(topic)) throw new ForbiddenError(`Not subscribed to "${topic}"`)
+      return { topic, members: await tracker.members(topic) }
+    }
+    const action = compileAction(scope, PRESENCE_RESOURCE, 'get', get)
+    this.actions.set(declared, action)
+    return action
+  }
+
+  /**
+   * The `$topic/subscribe` definition of a declared topic: with presence, an onResponse hook
+   * delivers the joiner's `$join` after its subscribe reply, as the protocol promises.
+   */
+  subscribeAction (declared: DeclaredTopic | undefined, handler: (message: Envelope, ctx: any) => Promise<unknown>): unknown {
+    if (declared === undefined || !this.settings.has(declared)) return handler
+    return {
+      handler,
+      onResponse: async (message: Envelope, ctx: { connection: DrizzleConnection, statusCode: number }) => {
+        if (ctx.statusCode === 200) this.announceJoin(ctx.connection as Peer, (message.data as { topic: string }).topic)
+      }
+    }
+  }
+
+  /** Finds `$presence/<action>` for a frame, or the error that says why there is none. */
+  resolve (message: Envelope): CompiledAction | Error {
+    if (message.action !== 'get') return new ActionNotFoundError(message.action, PRESENCE_RESOURCE)
+    if (!presenceData.Check(message.data)) {
+      const rule = `must be a non-empty string of at most ${MAX_NAME_LENGTH} characters`
+      return validationError(`"data.topic" ${rule}`, [{ path: '/data/topic', message: rule }])
+    }
+    const topic = (message.data as { topic: string }).topic
+    const problem = this.rt.topicProblem(topic)
+    if (problem !== undefined) return validationError(`"data.topic" ${problem}`, [{ path: '/data/topic', message: problem }])
+    const match = this.rt.patterns.match(topic)
+    const action = match === undefined ? undefined : this.actions.get(match.declared)
+    return action ?? new TopicNotFoundError(topic)
+  }
+
+  /** The members of a presence topic on every instance (`drizzle.presence(topic)`). */
+  async members (topic: string): Promise<PresenceMember[]> {
+    checkTopic(topic)
+    if (this.settingsOf(topic) === undefined) throw new TopicNotFoundError(topic)
+    return await this.backend().members(topic)
+  }
+
+  /**
+   * A connection subscribed to `topic`: if the topic has presence, it becomes a member everywhere
+   * (awaited, so `$presence/get` lists it once the subscribe reply is out) and its `$join` is
+   * delivered here now, or by the subscribe action after its reply (`deferJoin`).
+   */
+  async join (conn: Peer, topic: string, deferJoin: boolean): Promise<void> {
+    const settings = this.settingsOf(topic)
+    if (settings === undefined) return
+    let topics = this.joined.get(conn)
+    if (topics === undefined) {
+      topics = new Map()
+      this.joined.set(conn, topics)
+    }
+    const membership: Membership = { member: { connection: conn.id, user: conn.user }, events: settings.events, announced: false }
+    topics.set(topic, membership)
+    // The instance must receive the topic from the broker before others' `$join` can reach it.
+    await this.rt.subscriptions.brokerReady.get(topic)
+    // Unsubscribed or closed meanwhile: it left already, and must not be written after its leave.
+    if (this.joined.get(conn)?.get(topic) !== membership) return
+    try {
+      await this.backend().join(topic, membership.member, settings.events)
+    } catch (err) {
+      // The subscription stands: the broker writes its members again when it is back.
+      this.rt.log.warn({ err, topic }, 'presence: could not record a member now')
+    }
+    if (!deferJoin) this.announceJoin(conn, topic)
+  }
+
+  /** Delivers a member's `$join` to this process's subscribers, once, if it is still a member. */
+  announceJoin (conn: Peer, topic: string): void {
+    const membership = this.joined.get(conn)?.get(topic)
+    if (membership === undefined || membership.announced || !membership.events) return
+    membership.announced = true
+    this.rt.subscriptions.deliver(topic, JSON.stringify(membership.member), JOIN_EVENT)
+  }
+
+  /** A connection left `topic` (unsubscribed, or closed): it is no member anymore anywhere. */
+  leave (conn: Peer, topic: string): void {
+    const topics = this.joined.get(conn)
+    const membership = topics?.get(topic)
+    if (topics === undefined || membership === undefined) return
+    topics.delete(topic)
+    if (topics.size === 0) this.joined.delete(conn)
+    if (membership.announced) this.rt.subscriptions.deliver(topic, JSON.stringify(membership.member), LEAVE_EVENT)
+    this.backend().leave(topic, membership.member, membership.events).catch(err => {
+      this.rt.log.warn({ err, topic }, 'presence: could not remove a member now; it expires with this instance')
+    })
+  }
+
+  /** A closed connection leaves every presence topic it was in. */
+  closed (conn: Peer): void {
+    const topics = this.joined.get(conn)
+    if (topics === undefined) return
+    for (const topic of [...topics.keys()]) this.leave(conn, topic)
+  }
+
+  private settingsOf (topic: string): PresenceSettings | undefined {
+    const match = this.rt.patterns.match(topic)
+    return match === undefined ? undefined : this.settings.get(match.declared)
+  }
+
+  private backend (): BrokerPresence {
+    const presence = this.rt.broker.presence
+    // Runtime.ready() refused presence topics on a broker without the feature: only a broker that
+    // claims it without providing it gets here.
+    if (presence === undefined) throw new BrokerUnsupportedError(this.rt.broker.name, 'presence', '(any)')
+    return presence
+  }
+}

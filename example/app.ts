@@ -54,9 +54,10 @@ function declare (app: FastifyInstance) {
     }
   })
 
-  // Rooms clients may join themselves, except the private ones.
+  // Rooms clients may join themselves, except the private ones; members see who is there.
   const rooms = app.drizzle.topic('rooms/:id', {
-    authorize: (_ctx, params) => !String(params.id).startsWith('private-')
+    authorize: (_ctx, params) => !String(params.id).startsWith('private-'),
+    presence: true
   })
   const todoTopic = app.drizzle.topic<'todos', { id: number, title: string, done: boolean }>('todos')
   return { resource, rooms, todoTopic }

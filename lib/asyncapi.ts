@@ -107,6 +107,8 @@ export function buildAsyncApi (rt: Runtime, server: AsyncApiServer): AsyncApiDoc
   for (const topic of declared) {
     const channelKey = addTopic(doc, keys, topic.pattern, topic.params, topic.options.schema, topicDescription(topic))
     const presence = presenceSettings(topic)
+    // A specification extension, so tools (the playground) know the topic answers $presence/get.
+    if (presence !== undefined) (doc.channels[channelKey] as Record<string, unknown>)['x-drizzle-presence'] = presence
     if (presence?.events === true) addPresenceEvents(doc, channelKey, topic.pattern)
   }
   if (declared.some(t => presenceSettings(t) !== undefined)) addPresenceAction(doc, messages, keys)

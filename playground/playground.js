@@ -24,7 +24,8 @@ function logFrame (direction, text) {
   const log = $('log')
   log.append(li)
   while (log.childElementCount > MAX_LOG) log.firstElementChild.remove()
-  li.scrollIntoView({ block: 'nearest' })
+  const panel = $('log-panel')
+  panel.scrollTop = panel.scrollHeight
 }
 
 /** The browser's WebSocket, with every frame sent and received written to the log. */
@@ -126,6 +127,7 @@ function entry (label, tag, onSelect) {
   const li = document.createElement('li')
   const button = document.createElement('button')
   button.type = 'button'
+  button.dataset.name = label
   button.textContent = label
   if (tag !== undefined) {
     const span = document.createElement('span')

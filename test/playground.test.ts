@@ -156,11 +156,12 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   const started = Date.now()
   await page.goto(address + '/ws/playground')
   await page.waitForSelector('#status[data-state="open"]')
-  await page.waitForSelector('#actions button:has-text("todos.create")')
+  await page.waitForSelector('#actions button[data-name="todos.create"]')
   const loadMs = Date.now() - started
   t.diagnostic(`page loaded, catalog filled and socket open in ${loadMs} ms`)
-  assert.deepEqual(await page.locator('#actions button').allTextContents(), ['todos.list', 'todos.create', 'todos.watch'])
-  const topics = await page.locator('#topics button').allTextContents()
+  const names = (list: string) => page.locator(`${list} button`).evaluateAll(buttons => buttons.map(b => (b as HTMLElement).dataset.name))
+  assert.deepEqual(await names('#actions'), ['todos.list', 'todos.create', 'todos.watch'])
+  const topics = await names('#topics') as string[]
   assert.ok(topics.includes('rooms/:id') && topics.includes('todos'), topics.join(', '))
   await shot('1-catalog')
 
@@ -176,7 +177,7 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   assert.deepEqual(JSON.parse(await page.textContent('#reply') as string), [])
 
   // An action from the editor, prefilled from the schema.
-  await page.click('#actions button:has-text("todos.create")')
+  await page.click('#actions button[data-name="todos.create"]')
   assert.deepEqual(JSON.parse(await page.inputValue('#editor')), { title: 'text' })
   await page.fill('#editor', '{"title": "from the playground"}')
   await page.focus('#editor')
@@ -194,7 +195,7 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   await shot('3-validation-error')
 
   // A topic: subscribe, then another client's action publishes on it.
-  await page.click('#topics button:has-text("todos")')
+  await page.click('#topics button[data-name="todos"]')
   assert.equal(await page.inputValue('#topic-name'), 'todos')
   await page.click('#subscribe')
   await page.waitForSelector('#topic-state:has-text("subscribed to todos")')
@@ -206,17 +207,30 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   await shot('4-publication')
 
   // A refused subscription says why.
-  await page.click('#topics button:has-text("rooms/:id")')
+  await page.click('#topics button[data-name="rooms/:id"]')
   await page.fill('#topic-name', 'rooms/private-1')
   await page.click('#subscribe')
   await page.waitForSelector('#topic-state:has-text("FORBIDDEN")')
   await shot('5-forbidden')
 
+  // Presence: the page and another client in the same room; the page lists both members.
+  await page.fill('#topic-name', 'rooms/1')
+  await page.click('#subscribe')
+  await page.waitForSelector('#topic-state:has-text("subscribed to rooms/1")')
+  const joined = other.subscribe('rooms/1', () => {})
+  await joined.ready
+  assert.equal(await page.isVisible('#presence'), true, 'a presence topic offers the Presence button')
+  await page.click('#presence')
+  await page.waitForSelector('#topic-state:has-text("2 member(s) in rooms/1")')
+  assert.equal(await page.locator('#members li').count(), 2)
+  await page.waitForSelector('#publications li:has-text("rooms/1 · $join")')
+  await shot('6-presence')
+
   // Readable in a dark color scheme too (the page follows prefers-color-scheme).
   await page.emulateMedia({ colorScheme: 'dark' })
   const colors = await page.evaluate(() => [getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color])
   assert.deepEqual(colors, ['rgb(23, 25, 28)', 'rgb(230, 231, 232)'])
-  await shot('6-dark')
+  await shot('7-dark')
 
   assert.deepEqual(pageErrors, [])
 })

@@ -28,7 +28,10 @@ export interface DrizzleConnection {
 export interface ContextHost<C extends DrizzleConnection = DrizzleConnection> {
   subscribe (conn: C, topic: string): Promise<boolean>
   unsubscribe (conn: C, topic: string): Promise<boolean>
-  publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void>
+  /** `from` is the context of the action publishing, whose span (if traced) is the publication's parent. */
+  publish (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: object): Promise<void>
+  /** Fields for an action's log lines beyond its names: its trace ids when it is traced. */
+  logFields? (ctx: object): Record<string, string> | undefined
   /** Aborts `controller` when the connection closes (at once if it has); optional: HTTP has none. */
   abortOnClose? (conn: C, controller: AbortController): void
 }
@@ -70,7 +73,11 @@ export class ActionContext {
   get request (): FastifyRequest { return this.conn.request }
 
   get log (): FastifyBaseLogger {
-    this.childLog ??= this.conn.log.child({ resource: this.resource, action: this.action, request_id: this.requestId })
+    if (this.childLog === undefined) {
+      const fields = { resource: this.resource, action: this.action, request_id: this.requestId }
+      const trace = this.host.logFields?.(this)
+      this.childLog = this.conn.log.child(trace === undefined ? fields : { ...fields, ...trace })
+    }
     return this.childLog
   }
 
@@ -96,7 +103,7 @@ export class ActionContext {
   unsubscribe (topic: string): Promise<boolean> { return this.host.unsubscribe(this.conn, topic) }
 
   publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
-    return this.host.publish(topic, data, options)
+    return this.host.publish(topic, data, options, this)
   }
 }
 

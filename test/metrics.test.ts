@@ -1,6 +1,9 @@
 import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
+import { execFile } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 import type WebSocket from 'ws'
 import { createError } from '@fastify/error'
 import Type from 'typebox'
@@ -22,6 +25,7 @@ const redisServer = await hasCommand('redis-server')
 const skipRedis = redisUp ? false : 'Redis is not reachable on 127.0.0.1:6379'
 const skipPrivateRedis = redisServer ? false : 'redis-server is not installed'
 
+const run = promisify(execFile)
 const Teapot = createError('TEAPOT', 'I am a teapot', 418)
 
 async function scrape (registry: Registry) {
@@ -200,4 +204,15 @@ test('the metrics option is checked at registration', (t: TestContext) => {
   assert.equal(resolveOptions({}).metrics, false)
   assert.equal(resolveOptions({}).tracing, true)
   t.diagnostic('options checked')
+})
+
+test('without prom-client and @opentelemetry/api the plugin works, and `metrics: true` says what to install', { timeout: 30_000 }, async () => {
+  const fixture = fileURLToPath(new URL('./fixtures/without-peers.ts', import.meta.url))
+  const hide = new URL('./fixtures/hide-peers.mjs', import.meta.url).href
+  const { stdout } = await run(process.execPath, ['--import', 'tsx', '--import', hide, fixture], { timeout: 25_000 })
+  const result = JSON.parse(stdout.trim().split('\n').at(-1) as string)
+  assert.equal(result.otel, 'hidden')
+  assert.deepEqual(result.answer, { data: 'ok', request_id: 1 })
+  assert.equal(result.refusal.code, 'FST_DRIZZLE_MISSING_DEPENDENCY')
+  assert.match(result.refusal.message, /Option "metrics" needs the package "prom-client": install it \(npm install prom-client\)/)
 })

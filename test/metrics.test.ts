@@ -216,3 +216,18 @@ test('without prom-client and @opentelemetry/api the plugin works, and `metrics:
   assert.equal(result.refusal.code, 'FST_DRIZZLE_MISSING_DEPENDENCY')
   assert.match(result.refusal.message, /Option "metrics" needs the package "prom-client": install it \(npm install prom-client\)/)
 })
+
+test('the observability example serves the metrics at GET /metrics', async (t) => {
+  const { buildObservedApp } = await import('../example/observability.js')
+  const { app } = await buildObservedApp({ logger: false })
+  t.after(() => app.close())
+  const client = await connect(t, await listen(app))
+  await client.request('todos', 'watch')
+  const response = await app.inject('/metrics')
+  assert.equal(response.statusCode, 200)
+  assert.match(String(response.headers['content-type']), /^text\/plain; version=0\.0\.4/)
+  const s = parseExposition(response.body)
+  assert.equal(sample(s, 'drizzle_actions_total', { resource: 'todos', action: 'watch', status: '200' }), 1)
+  assert.equal(sample(s, 'drizzle_subscriptions'), 1)
+  assert.ok(s.some(x => x.name === 'process_cpu_user_seconds_total'), 'beside the process metrics')
+})

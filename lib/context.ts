@@ -29,9 +29,9 @@ export interface ContextHost<C extends DrizzleConnection = DrizzleConnection> {
   subscribe (conn: C, topic: string): Promise<boolean>
   unsubscribe (conn: C, topic: string): Promise<boolean>
   /** `from` is the context of the action publishing, whose span (if traced) is the publication's parent. */
-  publish (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: object): Promise<void>
+  publish (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: ActionContext): Promise<void>
   /** Fields for an action's log lines beyond its names: its trace ids when it is traced. */
-  logFields? (ctx: object): Record<string, string> | undefined
+  logFields? (ctx: ActionContext): Record<string, string> | undefined
   /** Aborts `controller` when the connection closes (at once if it has); optional: HTTP has none. */
   abortOnClose? (conn: C, controller: AbortController): void
 }
@@ -49,6 +49,12 @@ export function controllerOf (ctx: ActionContext): AbortController | undefined {
 }
 
 /**
+ * Where the action's span is kept when it is traced (lib/tracing.ts): a field, as a WeakMap entry per
+ * message cost microseconds of GC, and under a symbol, so handlers never meet it.
+ */
+export const kSpan = Symbol('fastify-drizzle.span')
+
+/**
  * The second argument of every handler and action hook: the handler's API, nothing else. One is made
  * per message, so everything on it is a plain field or a prototype method, and the child logger is
  * only built when read.
@@ -57,6 +63,8 @@ export class ActionContext {
   /** Set when the reply is decided: 200 for data, the error's statusCode otherwise. */
   statusCode = 200
   private childLog: FastifyBaseLogger | undefined
+  /** @internal */
+  [kSpan]: object | undefined = undefined
 
   constructor (
     private readonly host: ContextHost<any>,

@@ -184,8 +184,8 @@ function hostOf (rt: Runtime): ContextHost {
     host = {
       subscribe: () => Promise.reject(new SubscribeNotSupportedError('subscribe')),
       unsubscribe: () => Promise.reject(new SubscribeNotSupportedError('unsubscribe')),
-      publish: (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: object) => rt.publish(topic, data, options, from),
-      logFields: (ctx: object) => rt.logFields(ctx)
+      publish: (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: ActionContext) => rt.publish(topic, data, options, from),
+      logFields: (ctx: ActionContext) => rt.logFields(ctx)
     }
     hosts.set(rt, host)
   }

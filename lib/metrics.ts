@@ -1,4 +1,4 @@
-import type { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { Counter, Gauge, Registry } from 'prom-client'
 import { MissingDependencyError } from './errors.js'
 import type { MetricsRegistry, ResolvedMetricsOptions } from './options.js'
 import type { CompiledAction } from './resources.js'
@@ -43,8 +43,6 @@ const TOPIC_RESOURCE = '$topic'
 export const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 type PromClient = typeof import('prom-client')
-interface CounterChild { inc (value?: number): void }
-interface HistogramChild { observe (value: number): void }
 
 /** Loads prom-client only when metrics are asked for: it is an optional peer dependency. */
 async function loadPromClient (): Promise<PromClient> {
@@ -56,23 +54,33 @@ async function loadPromClient (): Promise<PromClient> {
   }
 }
 
-/** The counters of one (resource, action) pair: a child per status seen, and the duration's. */
+/**
+ * The counts of one (resource, action) pair, kept as plain numbers: prom-client's own `inc` and
+ * `observe` hash the label values on every call (~1 µs per action between them), so the registry
+ * reads these at scrape time instead.
+ */
 class ActionSeries {
-  private readonly statuses = new Map<number, CounterChild>()
-  private readonly ok: CounterChild
+  ok = 0
+  /** Counts of statuses other than 200. */
+  readonly statuses = new Map<number, number>()
+  /** Observations per bucket of DURATION_BUCKETS (not cumulative), the last one past every bound. */
+  readonly buckets = new Array<number>(DURATION_BUCKETS.length + 1).fill(0)
+  sum = 0
+  observed = 0
 
-  constructor (private readonly counter: Counter, private readonly labels: readonly [string, string], readonly duration: HistogramChild | undefined) {
-    this.ok = counter.labels(labels[0], labels[1], '200')
-  }
+  constructor (readonly resource: string, readonly action: string) {}
 
   count (status: number): void {
-    if (status === 200) { this.ok.inc(); return }
-    let child = this.statuses.get(status)
-    if (child === undefined) {
-      child = this.counter.labels(this.labels[0], this.labels[1], String(status))
-      this.statuses.set(status, child)
-    }
-    child.inc()
+    if (status === 200) this.ok++
+    else this.statuses.set(status, (this.statuses.get(status) ?? 0) + 1)
+  }
+
+  observe (seconds: number): void {
+    let i = 0
+    while (i < DURATION_BUCKETS.length && seconds > (DURATION_BUCKETS[i] as number)) i++
+    this.buckets[i] = (this.buckets[i] as number) + 1
+    this.sum += seconds
+    this.observed++
   }
 }
 
@@ -90,11 +98,10 @@ export interface ActionMetrics {
 
 class Metrics implements ActionMetrics {
   private readonly names: string[] = []
-  private readonly actions: Counter
-  private readonly durations: Histogram
   private readonly recoveries: Counter
+  /** Every series, for the scrape, by its label values; `byAction` finds an action's without building the key. */
+  private readonly series = new Map<string, ActionSeries>()
   private readonly byAction = new WeakMap<CompiledAction, ActionSeries>()
-  private readonly refusals = new Map<string, ActionSeries>()
 
   constructor (private readonly prom: PromClient, private readonly registry: MetricsRegistry, private readonly prefix: string, private readonly source: MetricsSource) {
     const rt = source
@@ -111,14 +118,8 @@ class Metrics implements ActionMetrics {
     this.counter('dropped_total', 'Publications not delivered, and slow consumers closed, by reason', ['reason'],
       () => [[['slow_consumer'], stats.droppedSlow], [['slow_consumer_closed'], stats.closedSlow], [['invalid_broker_message'], stats.droppedInvalid]])
     this.counter('broker_outages_total', 'Times the broker connection was lost (or could not be made)', [], () => [[[], rt.broker.health?.().outages ?? 0]])
-    this.actions = this.counter('actions_total', 'Actions answered, by resource, action and reply statusCode', ['resource', 'action', 'status'])
-    this.durations = this.register(new prom.Histogram({
-      name: this.name('action_duration_seconds'),
-      help: 'Time from the frame to the answer of actions that ran, in seconds',
-      labelNames: ['resource', 'action'],
-      buckets: DURATION_BUCKETS,
-      registers: []
-    }))
+    this.counter('actions_total', 'Actions answered, by resource, action and reply statusCode', ['resource', 'action', 'status'], () => this.actionCounts())
+    this.registerDurations(this.name('action_duration_seconds'))
     this.recoveries = this.counter('recoveries_total', 'Recoveries of missed publications after a reconnect, by whether all were recovered', ['recovered'])
     // Known label values start at 0, so rate() sees the first increment.
     this.recoveries.labels('true').inc(0)
@@ -129,24 +130,18 @@ class Metrics implements ActionMetrics {
   action (action: CompiledAction, status: number, seconds: number): void {
     let series = this.byAction.get(action)
     if (series === undefined) {
-      const labels = [action.resource, action.action] as const
-      series = new ActionSeries(this.actions, labels, this.durations.labels(...labels))
+      // Several compiled actions may share labels: `$topic/subscribe` exists once per declared pattern.
+      series = this.seriesOf(action.resource, action.action)
       this.byAction.set(action, series)
     }
     series.count(status)
-    series.duration?.observe(seconds)
+    series.observe(seconds)
   }
 
   /** A request answered without running an action: unknown names, limits. Undeclared names share one label value. */
   refused (resource: string, action: string, status: number): void {
     const labels = this.labelsOf(resource, action)
-    const key = labels[0] + '\u0000' + labels[1]
-    let series = this.refusals.get(key)
-    if (series === undefined) {
-      series = new ActionSeries(this.actions, labels, undefined)
-      this.refusals.set(key, series)
-    }
-    series.count(status)
+    this.seriesOf(labels[0], labels[1]).count(status)
   }
 
   /** A client's recovery of missed publications (history, section 9). */
@@ -160,6 +155,51 @@ class Metrics implements ActionMetrics {
     this.names.length = 0
   }
 
+  private seriesOf (resource: string, action: string): ActionSeries {
+    const key = resource + '\u0000' + action
+    let series = this.series.get(key)
+    if (series === undefined) {
+      series = new ActionSeries(resource, action)
+      this.series.set(key, series)
+    }
+    return series
+  }
+
+  /** `drizzle_actions_total` at scrape time: one sample per (resource, action, status) seen. */
+  private actionCounts (): Array<[string[], number]> {
+    const samples: Array<[string[], number]> = []
+    for (const s of this.series.values()) {
+      if (s.ok > 0) samples.push([[s.resource, s.action, '200'], s.ok])
+      for (const [status, n] of s.statuses) samples.push([[s.resource, s.action, String(status)], n])
+    }
+    return samples
+  }
+
+  /**
+   * The duration histogram, registered as the object the registry reads (`get`, in prom-client's
+   * format) over the series' plain bucket counts. Series of refusals have no observation and no sample.
+   */
+  private registerDurations (name: string): void {
+    const help = 'Time from the frame to the answer of actions that ran, in seconds'
+    const read = (): HistogramSample[] => {
+      const values: HistogramSample[] = []
+      for (const s of this.series.values()) if (s.observed > 0) pushHistogram(values, name, s)
+      return values
+    }
+    const metric = {
+      name,
+      help,
+      type: 'histogram',
+      aggregator: 'sum',
+      get: async () => ({ name, help, type: 'histogram', aggregator: 'sum', values: read() }),
+      reset: () => {
+        for (const s of this.series.values()) { s.buckets.fill(0); s.sum = 0; s.observed = 0 }
+      }
+    }
+    this.registry.registerMetric(metric)
+    this.names.push(name)
+  }
+
   private labelsOf (resource: string, action: string): readonly [string, string] {
     const actions = this.source.registry.resources.get(resource)
     if (actions !== undefined) return [resource, actions.has(action) ? action : UNKNOWN_LABEL]
@@ -171,7 +211,7 @@ class Metrics implements ActionMetrics {
     return this.prefix + suffix
   }
 
-  private register<M extends Counter | Gauge | Histogram> (metric: M): M {
+  private register<M extends Counter | Gauge> (metric: M): M {
     this.registry.registerMetric(metric)
     this.names.push((metric as unknown as { name: string }).name)
     return metric
@@ -201,6 +241,20 @@ export async function createMetrics (options: ResolvedMetricsOptions, source: Me
   const prom = await loadPromClient()
   const registry: MetricsRegistry = options.registry ?? (prom.register as Registry)
   return new Metrics(prom, registry, options.prefix, source)
+}
+
+interface HistogramSample { labels: Record<string, string | number>, value: number, metricName: string }
+
+/** The samples of one series as Prometheus reads a histogram: cumulative buckets, `+Inf`, sum and count. */
+function pushHistogram (values: HistogramSample[], name: string, s: ActionSeries): void {
+  let cumulative = 0
+  for (let i = 0; i < DURATION_BUCKETS.length; i++) {
+    cumulative += s.buckets[i] as number
+    values.push({ labels: { resource: s.resource, action: s.action, le: DURATION_BUCKETS[i] as number }, value: cumulative, metricName: `${name}_bucket` })
+  }
+  values.push({ labels: { resource: s.resource, action: s.action, le: '+Inf' }, value: s.observed, metricName: `${name}_bucket` })
+  values.push({ labels: { resource: s.resource, action: s.action }, value: s.sum, metricName: `${name}_sum` })
+  values.push({ labels: { resource: s.resource, action: s.action }, value: s.observed, metricName: `${name}_count` })
 }
 
 function countSubscriptions (rt: MetricsSource): number {

@@ -3,7 +3,7 @@ import Type from 'typebox'
 import { Compile } from 'typebox/compile'
 import type { Broker, DeliveryMeta, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
-import type { ContextHost, DrizzleConnection } from './context.js'
+import type { ActionContext, ContextHost, DrizzleConnection } from './context.js'
 import {
   ActionNotFoundError, AlreadyStartedError, BrokerUnsupportedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TooManySubscriptionsError, TopicNotFoundError,
   validationError, describe
@@ -232,7 +232,7 @@ export class Runtime implements ContextHost<Peer> {
    * Delivers locally at once, then hands the publication to the broker for the other processes.
    * `from` is the handler context of the action that publishes, if any: its span is the publication's parent.
    */
-  async publish (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: object): Promise<void> {
+  async publish (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: ActionContext): Promise<void> {
     const topics = typeof topic === 'string' ? [topic] : topic
     if (!Array.isArray(topics) || topics.length === 0) throw new InvalidTopicError(`expected a topic or a non-empty array of topics, received ${describe(topic)}`)
     for (const t of topics) this.checkTopic(t)
@@ -247,7 +247,7 @@ export class Runtime implements ContextHost<Peer> {
   }
 
   /** publish() with a span, whose context the broker message carries (PROTOCOL.md, Trace context). */
-  private async tracedPublish (topics: readonly string[], json: string, data: unknown, options: PublishOptions | undefined, from: object | undefined): Promise<void> {
+  private async tracedPublish (topics: readonly string[], json: string, data: unknown, options: PublishOptions | undefined, from: ActionContext | undefined): Promise<void> {
     const tracing = this.tracing as Tracing
     const template = topics.length === 1 ? this.patterns.match(topics[0] as string)?.declared.pattern : undefined
     const trace = tracing.startPublish(topics, this.broker.name, options?.traceparent, from, template)
@@ -296,7 +296,7 @@ export class Runtime implements ContextHost<Peer> {
   }
 
   /** Trace ids for the log lines of an action (ContextHost). */
-  logFields (ctx: object): Record<string, string> | undefined {
+  logFields (ctx: ActionContext): Record<string, string> | undefined {
     return this.tracing?.logFields(ctx)
   }
 }

@@ -1,5 +1,6 @@
 import type * as Api from '@opentelemetry/api'
 import { isTraceparent } from './brokers/wire.js'
+import { kSpan } from './context.js'
 
 // OpenTelemetry traces (DESIGN section 12, README "Observability"): a span per action, continuing the
 // frame's `traceparent` or else the upgrade request's trace; a `publish` span per publication whose
@@ -17,9 +18,12 @@ export type TraceSpan = object
 export interface TracedInvocation {
   readonly action: { readonly resource: string, readonly action: string }
   readonly message: { readonly request_id: string | number, readonly [extra: string]: unknown }
-  /** The handler's context: the key of the span for logs and publications made in the action. */
-  readonly ctx: { readonly request: object }
+  /** The handler's context: it holds the span, for logs and publications made in the action. */
+  readonly ctx: SpanHolder & { readonly request: object }
 }
+
+/** What holds an action's span: its handler context (ActionContext). */
+export interface SpanHolder { [kSpan]: object | undefined }
 
 /** A publication being traced: its span, and the context the broker message carries. */
 export interface TracedPublish { span: TraceSpan, traceparent: string }
@@ -44,8 +48,6 @@ export class Tracing {
   private tracer: Api.Tracer | undefined
   /** The context of each upgrade request, captured while its handler ran: the parent of its actions. */
   private readonly upgrades = new WeakMap<object, Api.Context>()
-  /** The span of each action being run, by its handler context (ActionContext). */
-  private readonly spans = new WeakMap<object, Api.Span>()
   private readonly api: OtelApi
 
   // Typed `object` so that no declaration of the plugin refers to @opentelemetry/api.
@@ -87,7 +89,7 @@ export class Tracing {
         'drizzle.request_id': String(invocation.message.request_id)
       })
     }
-    this.spans.set(invocation.ctx, span)
+    invocation.ctx[kSpan] = span
     return span
   }
 
@@ -108,8 +110,8 @@ export class Tracing {
   }
 
   /** `trace_id`, `span_id` and `trace_flags` for the log lines of an action that has a span. */
-  logFields (ctx: object): Record<string, string> | undefined {
-    const span = this.spans.get(ctx)
+  logFields (ctx: SpanHolder): Record<string, string> | undefined {
+    const span = ctx[kSpan] as Api.Span | undefined
     if (span === undefined) return undefined
     const sc = span.spanContext()
     if (!this.api.isSpanContextValid(sc)) return undefined
@@ -134,9 +136,9 @@ export class Tracing {
    * (`from`), of a `traceparent` the caller gave, or of the active context. Undefined when it is not
    * sampled: then no context is carried, and receivers make no span.
    */
-  startPublish (topics: readonly string[], system: string, traceparent: string | undefined, from: object | undefined, template: string | undefined): TracedPublish | undefined {
+  startPublish (topics: readonly string[], system: string, traceparent: string | undefined, from: SpanHolder | undefined, template: string | undefined): TracedPublish | undefined {
     const api = this.api
-    const action = from === undefined ? undefined : this.spans.get(from)
+    const action = from?.[kSpan] as Api.Span | undefined
     const remote = this.remoteContext(traceparent)
     const parent = action !== undefined
       ? api.trace.setSpan(api.context.active(), action)

@@ -56,6 +56,7 @@ function resources (app: FastifyInstance): void {
     watch: async (_m, ctx) => { await ctx.subscribe('todos'); return true }
   })
   app.drizzle.topic('rooms/:id')
+  app.drizzle.topic('lobby')
 }
 
 test('a scrape after real traffic: connections, subscriptions, actions ok and failing, publications local and from Redis, deliveries, a slow consumer', { skip: skipRedis, timeout: 30_000 }, async (t) => {
@@ -78,10 +79,10 @@ test('a scrape after real traffic: connections, subscriptions, actions ok and fa
   assert.equal((await a.request('client-chosen-name', 'x')).code, 'RESOURCE_NOT_FOUND')
   a.send('not json')
   await a.waitFor(f => f.code === 'VALIDATION_ERROR' && f.request_id === null)
-  // Subscriptions: a to `todos` (handler), b to `rooms/1` and `rooms/2` (declared pattern).
+  // Subscriptions: a to `todos` (handler), b to `rooms/1` and `lobby` (two declared topics, one series).
   assert.equal((await a.request('todos', 'watch')).data, true)
   await b.request('$topic', 'subscribe', { topic: 'rooms/1' })
-  await b.request('$topic', 'subscribe', { topic: 'rooms/2' })
+  await b.request('$topic', 'subscribe', { topic: 'lobby' })
   // Publications: one from an action, one from the server, one by another process through Redis.
   await b.request('todos', 'create', { title: 'milk' })
   await app.drizzle.publish('rooms/1', { n: 1 })
@@ -117,6 +118,13 @@ test('a scrape after real traffic: connections, subscriptions, actions ok and fa
   const sum = sample(s, 'drizzle_action_duration_seconds_sum', { resource: 'todos', action: 'get' }) as number
   assert.ok(sum > 0 && sum < 1, `sum ${sum}`)
   assert.equal(sample(s, 'drizzle_action_duration_seconds_bucket', { resource: 'todos', action: 'get', le: '+Inf' }), 2)
+  assert.equal(sample(s, 'drizzle_action_duration_seconds_count', { resource: '$topic', action: 'subscribe' }), 2)
+  const buckets = s.filter(x => x.name === 'drizzle_action_duration_seconds_bucket' && x.labels.action === 'get').map(x => x.value)
+  assert.deepEqual(buckets, [...buckets].sort((x, y) => x - y), 'cumulative buckets')
+  assert.equal(buckets.length, 16)
+  // prom-client's JSON view (used by AggregatorRegistry in clusters) reads the same series.
+  const json = await registry.getMetricsAsJSON()
+  assert.equal(json.find(m => m.name === 'drizzle_action_duration_seconds')?.type, 'histogram')
   assert.equal(sample(s, 'drizzle_publications_total', { source: 'local' }), 2)
   assert.equal(sample(s, 'drizzle_publications_total', { source: 'broker' }), 1)
   assert.equal(sample(s, 'drizzle_deliveries_total'), 3)

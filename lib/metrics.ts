@@ -98,13 +98,16 @@ export interface ActionMetrics {
 
 class Metrics implements ActionMetrics {
   private readonly names: string[] = []
-  private readonly recoveries: Counter
+  private recoveries: Counter | undefined
   /** Every series, for the scrape, by its label values; `byAction` finds an action's without building the key. */
   private readonly series = new Map<string, ActionSeries>()
   private readonly byAction = new WeakMap<CompiledAction, ActionSeries>()
 
   constructor (private readonly prom: PromClient, private readonly registry: MetricsRegistry, private readonly prefix: string, private readonly source: MetricsSource) {
-    const rt = source
+    registerAll(registry, this.names, () => this.registerEach(source))
+  }
+
+  private registerEach (rt: MetricsSource): void {
     const stats = rt.stats
     this.gauge('connections', 'Open WebSocket connections', () => rt.connections.size)
     this.gauge('subscriptions', 'Subscriptions: connection-topic pairs, __all__ not included', () => countSubscriptions(rt))
@@ -120,10 +123,11 @@ class Metrics implements ActionMetrics {
     this.counter('broker_outages_total', 'Times the broker connection was lost (or could not be made)', [], () => [[[], rt.broker.health?.().outages ?? 0]])
     this.counter('actions_total', 'Actions answered, by resource, action and reply statusCode', ['resource', 'action', 'status'], () => this.actionCounts())
     this.registerDurations(this.name('action_duration_seconds'))
-    this.recoveries = this.counter('recoveries_total', 'Recoveries of missed publications after a reconnect, by whether all were recovered', ['recovered'])
+    const recoveries = this.counter('recoveries_total', 'Recoveries of missed publications after a reconnect, by whether all were recovered', ['recovered'])
     // Known label values start at 0, so rate() sees the first increment.
-    this.recoveries.labels('true').inc(0)
-    this.recoveries.labels('false').inc(0)
+    recoveries.labels('true').inc(0)
+    recoveries.labels('false').inc(0)
+    this.recoveries = recoveries
   }
 
   /** An action that ran and was answered. */
@@ -146,7 +150,7 @@ class Metrics implements ActionMetrics {
 
   /** A client's recovery of missed publications (history, section 9). */
   recovery (recovered: boolean): void {
-    this.recoveries.labels(recovered ? 'true' : 'false').inc()
+    this.recoveries?.labels(recovered ? 'true' : 'false').inc()
   }
 
   /** Unregisters every metric of this app. */
@@ -241,6 +245,21 @@ export async function createMetrics (options: ResolvedMetricsOptions, source: Me
   const prom = await loadPromClient()
   const registry: MetricsRegistry = options.registry ?? (prom.register as Registry)
   return new Metrics(prom, registry, options.prefix, source)
+}
+
+/**
+ * Registers one metric after another; when one fails (a name the registry holds already: another app
+ * with the same prefix), those registered before it are removed, so the failed registration leaves
+ * the registry as it found it.
+ */
+function registerAll (registry: MetricsRegistry, names: string[], register: () => void): void {
+  try {
+    register()
+  } catch (err) {
+    for (const name of names) registry.removeSingleMetric(name)
+    names.length = 0
+    throw err
+  }
 }
 
 interface HistogramSample { labels: Record<string, string | number>, value: number, metricName: string }

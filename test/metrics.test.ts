@@ -9,7 +9,8 @@ import { createError } from '@fastify/error'
 import Type from 'typebox'
 import { Redis } from 'ioredis'
 import { Registry, register as defaultRegistry } from 'prom-client'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
+import drizzle from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { resolveOptions } from '../lib/options.js'
 import { build, connect, listen, type TestClient } from './helpers/client.js'
@@ -238,4 +239,14 @@ test('the observability example serves the metrics at GET /metrics', async (t) =
   assert.equal(sample(s, 'drizzle_actions_total', { resource: 'todos', action: 'watch', status: '200' }), 1)
   assert.equal(sample(s, 'drizzle_subscriptions'), 1)
   assert.ok(s.some(x => x.name === 'process_cpu_user_seconds_total'), 'beside the process metrics')
+})
+
+test('a name the registry already holds fails the registration and leaves the registry as it was', async () => {
+  const registry = new Registry()
+  const { Gauge } = await import('prom-client')
+  registry.registerMetric(new Gauge({ name: 'drizzle_deliveries_total', help: 'the app\'s own', registers: [] }))
+  const app = Fastify()
+  await assert.rejects(async () => { await app.register(drizzle, { metrics: { registry } }).ready() }, /A metric with the name drizzle_deliveries_total has already been registered/)
+  assert.deepEqual(registry.getMetricsAsArray().map(m => m.name), ['drizzle_deliveries_total'])
+  await app.close()
 })

@@ -2,6 +2,7 @@
 // socket (no network, no ws framing): ns per message and GC runs. Run `node bench/run.js --only=rt`
 // once first (it builds lib/ into node_modules/.cache/fastify-drizzle-bench).
 //   node bench/micro.js            MICRO_OPTIONS='{"actionTimeout":0}' node bench/micro.js
+//   MICRO_OPTIONS='{"metrics":true}'   MICRO_SDK=sampling-off (an OpenTelemetry SDK whose sampler records nothing)
 import { EventEmitter } from 'node:events'
 import { PerformanceObserver } from 'node:perf_hooks'
 import Fastify from 'fastify'
@@ -11,6 +12,13 @@ import { Connection } from '../node_modules/.cache/fastify-drizzle-bench/connect
 const N = 200_000
 let gcRuns = 0
 new PerformanceObserver(list => { gcRuns += list.getEntries().length }).observe({ entryTypes: ['gc'] })
+
+if (process.env.MICRO_SDK === 'sampling-off') {
+  // Before the app is ready: the plugin looks for an SDK once, then.
+  const { trace } = await import('@opentelemetry/api')
+  const { AlwaysOffSampler, BasicTracerProvider } = await import('@opentelemetry/sdk-trace-base')
+  trace.setGlobalTracerProvider(new BasicTracerProvider({ sampler: new AlwaysOffSampler() }))
+}
 
 const app = Fastify({ logger: false })
 await app.register(drizzle, { rateLimit: false, maxInFlight: 1e6, maxConnections: 1e6, ...JSON.parse(process.env.MICRO_OPTIONS ?? '{}') })

@@ -103,6 +103,9 @@ const nesProtocol = {
 
 export const protocols = {
   drizzle: drizzleProtocol,
+  'drizzle+metrics': drizzleProtocol,
+  'drizzle+otel-off': drizzleProtocol,
+  'drizzle+notrace': drizzleProtocol,
   bare: drizzleProtocol,
   socketio: socketIoProtocol,
   nes: nesProtocol

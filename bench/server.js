@@ -6,6 +6,9 @@
 //   bare      Fastify + @fastify/websocket doing the same JSON work by hand: the ceiling
 //   socketio  Socket.IO 4 (WebSocket transport only), emit with ack, rooms, @socket.io/redis-adapter
 //   nes       hapi 21 + @hapi/nes: client.request -> route, subscriptions
+//   drizzle+metrics    drizzle with `metrics` on (its own prom-client registry)           } issue #18: the cost of
+//   drizzle+otel-off   drizzle with an OpenTelemetry SDK registered, sampling off         } observability, side by
+//   drizzle+notrace    drizzle with `tracing: false` (the plain drizzle has no SDK)       } side with plain drizzle
 import { ipcServer, now, publication, TOPIC } from './common.js'
 
 const impl = process.argv[2]
@@ -17,7 +20,7 @@ async function echo (data) {
 }
 
 const servers = {
-  async drizzle () {
+  async drizzle (variant = {}) {
     const { default: Fastify } = await import('fastify')
     const { default: drizzle } = await import('../node_modules/.cache/fastify-drizzle-bench/index.js')
     let broker
@@ -28,7 +31,7 @@ const servers = {
     const app = Fastify({ logger: false })
     // Limits that would otherwise shape the results: one connection sends far more than the default
     // 10,000 requests/s, and the fan-out holds 10,000 sockets (the default maxConnections).
-    await app.register(drizzle, { broker, rateLimit: false, maxInFlight: 100_000, maxConnections: 100_000 })
+    await app.register(drizzle, { broker, rateLimit: false, maxInFlight: 100_000, maxConnections: 100_000, ...variant })
     app.drizzle.resource('bench', {
       async echo (message) { return echo(message.data) }
     })
@@ -170,6 +173,20 @@ const servers = {
     }
   }
 }
+
+// Observability variants of drizzle (issue #18): the same server, one option or an SDK apart.
+servers['drizzle+metrics'] = async () => {
+  const { Registry } = await import('prom-client')
+  return servers.drizzle({ metrics: { registry: new Registry() } })
+}
+servers['drizzle+otel-off'] = async () => {
+  // Registered before the app is ready, as apps do: the plugin looks for an SDK once, at ready.
+  const { trace } = await import('@opentelemetry/api')
+  const { AlwaysOffSampler, BasicTracerProvider } = await import('@opentelemetry/sdk-trace-base')
+  trace.setGlobalTracerProvider(new BasicTracerProvider({ sampler: new AlwaysOffSampler() }))
+  return servers.drizzle()
+}
+servers['drizzle+notrace'] = () => servers.drizzle({ tracing: false })
 
 const server = await servers[impl]()
 

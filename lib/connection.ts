@@ -77,6 +77,8 @@ export class Connection implements Peer, Answer, SocketOwner {
     const rt = this.rt
     rt.connections.add(this)
     rt.subscriptions.add(this, ALL_TOPIC)
+    // Actions without a traceparent of their own continue the upgrade request's trace.
+    if (rt.tracing?.active === true) rt.tracing.captureUpgrade(this.request)
     rt.users.add(this)
     const socket = this.socket as OwnedSocket
     socket[kConnection] = this
@@ -102,12 +104,15 @@ export class Connection implements Peer, Answer, SocketOwner {
     // A connection being closed (slow consumer) can no longer be answered: its backlog of frames is
     // neither parsed nor run.
     if (this.isClosed) return
+    this.rt.stats.messagesIn++
     // Every frame counts toward the rate, garbage included: parsing and answering it costs too.
     if (!this.countFrame()) return
     const parsed = parseFrame(raw, isBinary, this.rt.parseOptions)
     if (parsed instanceof FrameError) {
       this.log.debug({ err: parsed.reason }, 'frame rejected')
-      this.sendReply(encodeError(parsed.requestId, toWireError(parsed.reason)))
+      const wire = toWireError(parsed.reason)
+      this.sendReply(encodeError(parsed.requestId, wire))
+      this.rt.metrics?.refused('', '', wire.statusCode)
       return
     }
     const refusal = this.admit()
@@ -167,6 +172,7 @@ export class Connection implements Peer, Answer, SocketOwner {
   private refuse (message: Envelope, error: Error): void {
     const wire = toWireError(error)
     this.sendReply(encodeError(message.request_id, wire))
+    this.rt.metrics?.refused(message.resource, message.action, wire.statusCode)
     if (this.logsActions) {
       this.log.info({ resource: message.resource, action: message.action, request_id: message.request_id, statusCode: wire.statusCode, responseTime: 0 }, 'action completed')
     }
@@ -286,7 +292,8 @@ export class Connection implements Peer, Answer, SocketOwner {
   private completed (invocation: Invocation): void {
     if (this.logsActions) {
       const { action, message, ctx } = invocation
-      this.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - invocation.started }, 'action completed')
+      const trace = this.rt.tracing === undefined ? undefined : this.rt.logFields(ctx)
+      this.log.info({ resource: action.resource, action: action.action, request_id: message.request_id, statusCode: ctx.statusCode, responseTime: performance.now() - invocation.started, ...trace }, 'action completed')
     }
     if (invocation.action.hooks.onResponse.length > 0) runResponseHooks(invocation).catch(err => this.log.error({ err }, 'onResponse failed'))
   }
@@ -300,6 +307,7 @@ export class Connection implements Peer, Answer, SocketOwner {
   private sendReply (frame: string): void {
     const buffered = this.measureBacklog()
     if (buffered > 2 * this.rt.options.maxBufferedBytes || this.overTotal(buffered)) {
+      if (!this.isClosed) this.rt.stats.closedSlow++
       this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed: replies not read', { bufferedAmount: buffered, bufferedTotal: this.rt.totals.buffered })
       return
     }
@@ -313,7 +321,9 @@ export class Connection implements Peer, Answer, SocketOwner {
     if (this.isClosed) return false
     const buffered = this.measureBacklog()
     if (buffered > this.rt.options.maxBufferedBytes || this.overTotal(buffered)) {
+      this.rt.stats.droppedSlow++
       if (this.rt.options.slowConsumer === 'close') {
+        this.rt.stats.closedSlow++
         this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed', { bufferedAmount: buffered, bufferedTotal: this.rt.totals.buffered })
       }
       return false
@@ -368,6 +378,7 @@ export class Connection implements Peer, Answer, SocketOwner {
     }
     if (typeof frame === 'string') this.socket.send(frame)
     else this.socket.send(frame, TEXT_FRAME)
+    this.rt.stats.messagesOut++
     if (raw !== undefined && raw.writableLength >= CORK_LIMIT) this.uncork()
     return true
   }

@@ -30,7 +30,10 @@ export interface DrizzleConnection {
 export interface ContextHost<C extends DrizzleConnection = DrizzleConnection> {
   subscribe (conn: C, topic: string): Promise<boolean>
   unsubscribe (conn: C, topic: string): Promise<boolean>
-  publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void>
+  /** `from` is the context of the action publishing, whose span (if traced) is the publication's parent. */
+  publish (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: ActionContext): Promise<void>
+  /** Fields for an action's log lines beyond its names: its trace ids when it is traced. */
+  logFields? (ctx: ActionContext): Record<string, string> | undefined
   /** Aborts `controller` when the connection closes (at once if it has); optional: HTTP has none. */
   abortOnClose? (conn: C, controller: AbortController): void
 }
@@ -48,6 +51,12 @@ export function controllerOf (ctx: ActionContext): AbortController | undefined {
 }
 
 /**
+ * Where the action's span is kept when it is traced (lib/tracing.ts): a field, as a WeakMap entry per
+ * message cost microseconds of GC, and under a symbol, so handlers never meet it.
+ */
+export const kSpan = Symbol('fastify-drizzle.span')
+
+/**
  * The second argument of every handler and action hook: the handler's API, nothing else. One is made
  * per message, so everything on it is a plain field or a prototype method, and the child logger is
  * only built when read.
@@ -56,6 +65,8 @@ export class ActionContext {
   /** Set when the reply is decided: 200 for data, the error's statusCode otherwise. */
   statusCode = 200
   private childLog: FastifyBaseLogger | undefined
+  /** @internal */
+  [kSpan]: object | undefined = undefined
 
   constructor (
     private readonly host: ContextHost<any>,
@@ -72,7 +83,11 @@ export class ActionContext {
   get request (): FastifyRequest { return this.conn.request }
 
   get log (): FastifyBaseLogger {
-    this.childLog ??= this.conn.log.child({ resource: this.resource, action: this.action, request_id: this.requestId })
+    if (this.childLog === undefined) {
+      const fields = { resource: this.resource, action: this.action, request_id: this.requestId }
+      const trace = this.host.logFields?.(this)
+      this.childLog = this.conn.log.child(trace === undefined ? fields : { ...fields, ...trace })
+    }
     return this.childLog
   }
 
@@ -98,7 +113,7 @@ export class ActionContext {
   unsubscribe (topic: string): Promise<boolean> { return this.host.unsubscribe(this.conn, topic) }
 
   publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
-    return this.host.publish(topic, data, options)
+    return this.host.publish(topic, data, options, this)
   }
 }
 

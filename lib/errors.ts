@@ -31,6 +31,8 @@ export const InvalidHookError = createError('FST_DRIZZLE_INVALID_HOOK', 'Invalid
 export const InvalidTopicError = createError('FST_DRIZZLE_INVALID_TOPIC', 'Invalid topic: %s')
 export const DuplicateTopicError = createError('FST_DRIZZLE_DUPLICATE_TOPIC', 'Topic pattern "%s" is already declared')
 export const AlreadyStartedError = createError('FST_DRIZZLE_ALREADY_STARTED', 'Cannot %s after the server has started')
+// An option that needs an optional peer dependency the app has not installed (e.g. metrics: prom-client).
+export const MissingDependencyError = createError('FST_DRIZZLE_MISSING_DEPENDENCY', 'Option "%s" needs the package "%s": install it (npm install %s)')
 
 // Errors of brokers, returned to callers of publish().
 export const BrokerUnavailableError = createError('FST_DRIZZLE_BROKER_UNAVAILABLE', 'Broker "%s" cannot take the publication: %s', 503)

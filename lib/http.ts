@@ -184,7 +184,8 @@ function hostOf (rt: Runtime): ContextHost {
     host = {
       subscribe: () => Promise.reject(new SubscribeNotSupportedError('subscribe')),
       unsubscribe: () => Promise.reject(new SubscribeNotSupportedError('unsubscribe')),
-      publish: (topic: string | readonly string[], data: unknown, options?: PublishOptions) => rt.publish(topic, data, options)
+      publish: (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: ActionContext) => rt.publish(topic, data, options, from),
+      logFields: (ctx: ActionContext) => rt.logFields(ctx)
     }
     hosts.set(rt, host)
   }

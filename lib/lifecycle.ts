@@ -6,6 +6,8 @@ import { ActionTimeoutError, InternalError, validationError } from './errors.js'
 import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
 import { dataErrors, type Envelope, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
+import type { TraceSpan, Tracing } from './tracing.js'
+import type { ActionMetrics } from './metrics.js'
 
 // The life of one action, whatever carried it (a WebSocket frame or an HTTP request): hooks,
 // validation, handler, onSend, reply serialization, errors, and the time limit. A transport builds an
@@ -49,6 +51,10 @@ export class ActionRunner {
   inFlight = 0
   private readonly deadlines = new Deadlines<Invocation>(invocation => this.expire(invocation))
   private drained: (() => void) | undefined
+  /** Set when @opentelemetry/api is installed; it traces only once it found an SDK (`active`). */
+  tracing: Tracing | undefined
+  /** Set when the `metrics` option is on: every action answered is counted, for every transport. */
+  metrics: ActionMetrics | undefined
 
   constructor (private readonly defaultLimit: number) {}
 
@@ -76,8 +82,12 @@ export class ActionRunner {
     if (limit > 0) this.deadlines.add(invocation, limit)
     let json: string | undefined
     let error: WireError | undefined
+    const tracing = this.tracing
+    const span: TraceSpan | undefined = tracing?.active === true ? tracing.startAction(invocation) : undefined
     try {
-      json = await execute(invocation.action, invocation.message, invocation.ctx)
+      json = span === undefined
+        ? await execute(invocation.action, invocation.message, invocation.ctx)
+        : await (tracing as Tracing).runAction(span, () => execute(invocation.action, invocation.message, invocation.ctx))
     } catch (err) {
       // After a timeout a late failure changes nothing: the client was answered already.
       if (!invocation.timedOut) error = await failure(invocation, err)
@@ -87,12 +97,15 @@ export class ActionRunner {
       if (!invocation.timedOut) {
         if (json !== undefined) invocation.answer.reply(invocation, json)
         else invocation.answer.fail(invocation, error as WireError)
+        this.metrics?.action(invocation.action, invocation.ctx.statusCode, (performance.now() - invocation.started) / 1000)
       }
     } catch (err) {
       invocation.ctx.log.error({ err }, 'answering the action failed')
     }
     this.inFlight--
     if (this.inFlight === 0 && this.drained !== undefined) this.drained()
+    // A timed-out action's span lasts until its handler ends: that is how long it held the server.
+    if (span !== undefined) (tracing as Tracing).endAction(span, invocation.ctx.statusCode, error?.code ?? (invocation.timedOut ? 'ACTION_TIMEOUT' : undefined))
     invocation.answer.ended(invocation)
   }
 
@@ -102,7 +115,10 @@ export class ActionRunner {
     const error = new ActionTimeoutError(this.timeLimit(invocation.action))
     abortContext(invocation.ctx, error)
     failure(invocation, error)
-      .then(error => invocation.answer.fail(invocation, error))
+      .then(error => {
+        invocation.answer.fail(invocation, error)
+        this.metrics?.action(invocation.action, error.statusCode, (performance.now() - invocation.started) / 1000)
+      })
       .catch(err => invocation.ctx.log.error({ err }, 'action timeout handling failed'))
   }
 

@@ -36,6 +36,25 @@ export interface PlaygroundOptions {
   production?: boolean
 }
 
+/**
+ * What the plugin uses of a prom-client `Registry` (typed structurally, so that the declarations do not
+ * need prom-client): the app's own registry, or prom-client's default one.
+ */
+export interface MetricsRegistry {
+  registerMetric (metric: any): void
+  removeSingleMetric (name: string): void
+  metrics (): Promise<string>
+}
+
+export interface MetricsOptions {
+  /** The prom-client registry to register in; default: prom-client's default registry (`register`). */
+  registry?: MetricsRegistry
+  /** Replaces `drizzle_` at the start of every metric name; default `drizzle_`. */
+  prefix?: string
+}
+
+export interface ResolvedMetricsOptions { registry: MetricsRegistry | undefined, prefix: string }
+
 export interface ResolvedHttpOptions { prefix: string }
 
 export interface ResolvedPlaygroundOptions { path: string }
@@ -134,7 +153,14 @@ const OPTIONS = {
   /** Serve an AsyncAPI 3.0 document of the resources and topics at `GET <path>/asyncapi.json`. */
   asyncapi: option<ResolvedAsyncApiOptions, boolean | AsyncApiOptions>({ default: false, resolve: checkAsyncApi }),
   /** Serve a page to try every action and topic from a browser at `GET <path>/playground`; refused under `NODE_ENV=production` unless `{ production: true }`. */
-  playground: option<ResolvedPlaygroundOptions | false, boolean | PlaygroundOptions>({ default: false, resolve: checkPlayground })
+  playground: option<ResolvedPlaygroundOptions | false, boolean | PlaygroundOptions>({ default: false, resolve: checkPlayground }),
+  /** Prometheus metrics (README, Observability) in a prom-client registry, the app's or prom-client's default; needs `prom-client`. */
+  metrics: option<ResolvedMetricsOptions | false, boolean | MetricsOptions>({ default: false, resolve: checkMetrics }),
+  /**
+   * OpenTelemetry spans for actions and deliveries, when `@opentelemetry/api` is installed and an SDK is
+   * registered before the server is ready; without an SDK nothing is traced and nothing is paid. `false` turns it off.
+   */
+  tracing: option({ default: true, resolve: boolean })
 }
 
 type OptionTable = typeof OPTIONS
@@ -277,6 +303,25 @@ function checkPlayground (value: unknown, _name: string, { path }: Earlier): Res
   const page = opts.path ?? `${path.replace(/\/+$/, '')}/playground`
   if (typeof page !== 'string' || !PATH_SEGMENT.test(page) || page === '/') fail('playground.path', 'expected a string starting with "/", without spaces, "?", "#", ":" or "*", other than "/"', page)
   return { path: page.replace(/\/+$/, '') }
+}
+
+const METRIC_PREFIX = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/
+
+/** `true` is `{}`: prom-client's default registry, prefix `drizzle_`. */
+function checkMetrics (value: unknown): ResolvedMetricsOptions | false {
+  if (value === false) return false
+  const expected = 'expected a boolean or { registry?: a prom-client Registry, prefix?: string }'
+  if (value !== true && !isPlainObject(value)) fail('metrics', expected, value)
+  const opts = value === true ? {} : value as Record<string, unknown>
+  for (const key of Object.keys(opts)) if (key !== 'registry' && key !== 'prefix') fail('metrics', `${expected}; unknown key "${key}"`, value)
+  const registry = opts.registry as Record<string, unknown> | undefined
+  if (registry !== undefined && (registry === null || typeof registry !== 'object' ||
+    ['registerMetric', 'removeSingleMetric', 'metrics'].some(m => typeof registry[m] !== 'function'))) {
+    fail('metrics.registry', 'expected a prom-client Registry (new Registry() or register)', registry)
+  }
+  const prefix = opts.prefix ?? 'drizzle_'
+  if (typeof prefix !== 'string' || !METRIC_PREFIX.test(prefix)) fail('metrics.prefix', 'expected a Prometheus metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)', prefix)
+  return { registry: registry as MetricsRegistry | undefined, prefix }
 }
 
 function checkServerUrl (value: unknown): URL | undefined {

@@ -11,6 +11,8 @@ import { Connection } from './connection.js'
 import { CLOSE, isProtocolError } from './socket.js'
 import { serveOverHttp } from './http.js'
 import { addPlaygroundRoutes } from './playground.js'
+import { createMetrics } from './metrics.js'
+import { loadTracing } from './tracing.js'
 import { Runtime } from './runtime.js'
 import { scopeGetter } from './scope.js'
 import { identifyHook } from './users.js'
@@ -19,6 +21,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   const options = resolveOptions(input)
   if (fastify.hasDecorator('drizzle')) throw new AlreadyRegisteredError()
   const rt = new Runtime(fastify, options, fastify.log)
+  await observe(rt)
   serveOverHttp(rt)
   const fdWarning: FileLimitWatch = { threshold: Infinity, limit: Infinity, last: -Infinity }
 
@@ -66,7 +69,9 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
 
   fastify.addHook('onReady', async () => {
     rt.ready()
-    await rt.broker.attach({ deliver: (topic, data, event) => rt.deliver(topic, data, event), log: fastify.log })
+    // An SDK is looked for once, now: apps register theirs before they start the server.
+    rt.tracing?.probe()
+    await rt.broker.attach({ deliver: (topic, data, event, meta) => rt.deliver(topic, data, event, meta), log: fastify.log })
     await rt.broker.subscribe('__all__')
     startHeartbeat(rt)
     startIncompleteSweep(rt)
@@ -76,8 +81,18 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   if (!ownsWebsocket) fastify.addHook('preClose', async function (this: FastifyInstance) { await shutdown(rt) })
   fastify.addHook('onClose', async () => {
     rt.runner.close()
+    rt.metrics?.close()
     if (options.closeBroker) await rt.broker.close()
   })
+}
+
+/**
+ * Metrics and tracing (README, Observability): their optional peer dependencies are imported only
+ * here, so an app without them loads neither.
+ */
+async function observe (rt: Runtime): Promise<void> {
+  if (rt.options.metrics !== false) rt.runner.metrics = rt.metrics = await createMetrics(rt.options.metrics, rt)
+  if (rt.options.tracing) rt.runner.tracing = rt.tracing = await loadTracing()
 }
 
 /** Refuses upgrades while closing, over the connection cap, or from a browser origin not allowed. */

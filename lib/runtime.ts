@@ -1,9 +1,9 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import Type from 'typebox'
 import { Compile } from 'typebox/compile'
-import type { Broker, PublishOptions } from './brokers/types.js'
+import type { Broker, DeliveryMeta, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
-import type { ContextHost, DrizzleConnection } from './context.js'
+import type { ActionContext, ContextHost, DrizzleConnection } from './context.js'
 import {
   ActionNotFoundError, AlreadyStartedError, BrokerUnsupportedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TooManySubscriptionsError, TopicNotFoundError,
   validationError, describe
@@ -13,6 +13,8 @@ import {
   type CompiledHook
 } from './hooks.js'
 import { ActionRunner } from './lifecycle.js'
+import { Stats, type ActionMetrics } from './metrics.js'
+import type { Tracing } from './tracing.js'
 import type { ResolvedOptions } from './options.js'
 import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
@@ -62,6 +64,12 @@ export class Runtime implements ContextHost<Peer> {
   private readonly plainUnsubscribe: CompiledAction
   /** Bytes held for all connections: backlogs of slow sockets, unfinished incoming messages. */
   readonly totals = { buffered: 0, incomplete: 0 }
+  /** Plain counts of traffic, read by the metrics at scrape time (lib/metrics.ts). */
+  readonly stats = new Stats()
+  /** Set at registration when the `metrics` option is on. */
+  metrics: ActionMetrics | undefined
+  /** Set at registration when @opentelemetry/api is installed and `tracing` is on (it is also the runner's). */
+  tracing: Tracing | undefined
   started = false
   closing = false
 
@@ -233,17 +241,37 @@ export class Runtime implements ContextHost<Peer> {
     return true
   }
 
-  /** Delivers locally at once, then hands the publication to the broker for the other processes. */
-  async publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
+  /**
+   * Delivers locally at once, then hands the publication to the broker for the other processes.
+   * `from` is the handler context of the action that publishes, if any: its span is the publication's parent.
+   */
+  async publish (topic: string | readonly string[], data: unknown, options?: PublishOptions, from?: ActionContext): Promise<void> {
     const topics = typeof topic === 'string' ? [topic] : topic
     if (!Array.isArray(topics) || topics.length === 0) throw new InvalidTopicError(`expected a topic or a non-empty array of topics, received ${describe(topic)}`)
     for (const t of topics) this.checkTopic(t)
     const event = options?.event
     if (event !== undefined && typeof event !== 'string') throw new InvalidTopicError(`event must be a string, received ${describe(event)}`)
     const json = JSON.stringify(data) ?? 'null'
+    if (this.tracing?.active === true) return this.tracedPublish(topics, json, data, options, from)
     for (const t of topics) this.deliverJson(t, json, event)
+    this.stats.publishedLocal += topics.length
     if (topics.length === 1) return this.broker.publish(topics[0] as string, data, options)
     await Promise.all(topics.map(t => this.broker.publish(t, data, options)))
+  }
+
+  /** publish() with a span, whose context the broker message carries (PROTOCOL.md, Trace context). */
+  private async tracedPublish (topics: readonly string[], json: string, data: unknown, options: PublishOptions | undefined, from: ActionContext | undefined): Promise<void> {
+    const tracing = this.tracing as Tracing
+    const template = topics.length === 1 ? this.patterns.match(topics[0] as string)?.declared.pattern : undefined
+    const trace = tracing.startPublish(topics, this.broker.name, options?.traceparent, from, template)
+    for (const t of topics) this.deliverJson(t, json, options?.event)
+    this.stats.publishedLocal += topics.length
+    if (trace === undefined) {
+      await Promise.all(topics.map(t => this.broker.publish(t, data, options)))
+      return
+    }
+    const carried = { ...options, traceparent: trace.traceparent }
+    await tracing.endPublish(trace, Promise.all(topics.map(t => this.broker.publish(t, data, carried))).then(() => {}))
   }
 
   abortOnClose (conn: Peer, controller: AbortController): void {
@@ -251,7 +279,7 @@ export class Runtime implements ContextHost<Peer> {
   }
 
   /** What a broker calls with a publication from another process. */
-  deliver (topic: string, data: unknown, event: string | undefined): void {
+  deliver (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void {
     if (this.users.intercept(topic, data, event)) return
     let json: string
     try {
@@ -260,12 +288,29 @@ export class Runtime implements ContextHost<Peer> {
       // Data nested past the call stack (JSON.parse takes what JSON.stringify cannot give back):
       // garbage from another process, dropped with a warning, without the payload.
       this.log.warn({ topic, reason: (err as Error).message }, 'dropped a publication from the broker that cannot be serialized')
+      this.stats.droppedInvalid++
       return
     }
-    this.deliverJson(topic, json, event)
+    this.stats.publishedBroker++
+    const traceparent = meta?.traceparent
+    if (traceparent === undefined || this.tracing?.active !== true) {
+      this.deliverJson(topic, json, event)
+      return
+    }
+    const span = this.tracing.startDelivery(topic, this.broker.name, traceparent, this.patterns.match(topic)?.declared.pattern)
+    const delivered = this.deliverJson(topic, json, event)
+    if (span !== undefined) this.tracing.endDelivery(span, delivered)
   }
 
-  private deliverJson (topic: string, json: string, event: string | undefined): void {
-    this.subscriptions.deliver(topic, json, event)
+  /** Writes the publication to the local subscribers; returns how many got it. */
+  private deliverJson (topic: string, json: string, event: string | undefined): number {
+    const delivered = this.subscriptions.deliver(topic, json, event)
+    this.stats.deliveries += delivered
+    return delivered
+  }
+
+  /** Trace ids for the log lines of an action (ContextHost). */
+  logFields (ctx: ActionContext): Record<string, string> | undefined {
+    return this.tracing?.logFields(ctx)
   }
 }

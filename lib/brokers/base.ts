@@ -1,5 +1,5 @@
-import type { Broker, BrokerLogger, BrokerSink, PublishOptions } from './types.js'
-import { decodeBrokerMessage, encodeBrokerMessage, originId } from './wire.js'
+import type { Broker, BrokerHealth, BrokerLogger, BrokerSink, PublishOptions } from './types.js'
+import { decodeBrokerMessage, encodeBrokerMessage, isTraceparent, originId } from './wire.js'
 import { topicProblem } from './topic.js'
 import { fail } from './options.js'
 import { ConnectionState } from './toolkit.js'
@@ -63,7 +63,11 @@ export abstract class BaseBroker implements Broker {
   async publish (topic: string, data: unknown, options?: PublishOptions): Promise<void> {
     this.checkTopic(topic)
     if (this.state.closed) throw new BrokerClosedError(this.name)
-    await this.send(topic, this.encode(data, options?.event))
+    await this.send(topic, this.encode(data, options?.event, options?.traceparent))
+  }
+
+  health (): BrokerHealth {
+    return { status: this.state.status, outages: this.state.outages }
   }
 
   close (): Promise<void> {
@@ -97,7 +101,9 @@ export abstract class BaseBroker implements Broker {
         return
       }
       if (message.origin === this.origin) return
-      this.sink?.deliver(topic, message.data, message.event)
+      // A trace context is a hint: a malformed one is ignored, never a reason to drop the publication.
+      const traceparent = message.traceparent
+      this.sink?.deliver(topic, message.data, message.event, isTraceparent(traceparent) ? { traceparent } : undefined)
     } catch (err) {
       this.log.error({ broker: this.name, topic, err }, 'Delivering a broker message failed')
     }
@@ -128,9 +134,10 @@ export abstract class BaseBroker implements Broker {
     await this.release()
   }
 
-  private encode (data: unknown, event: unknown): Buffer {
+  private encode (data: unknown, event: unknown, traceparent: unknown): Buffer {
     if (event !== undefined && typeof event !== 'string') fail('event', 'expected a string', event)
-    const body = Buffer.from(encodeBrokerMessage(data, event, this.origin))
+    if (traceparent !== undefined && !isTraceparent(traceparent)) fail('traceparent', 'expected a W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>")', traceparent)
+    const body = Buffer.from(encodeBrokerMessage(data, event, this.origin, traceparent))
     if (body.length > this.base.maxMessageBytes) {
       // The publication cannot be carried: every subscriber would drop it.
       throw new BrokerUnavailableError(this.name, `message of ${body.length} bytes exceeds maxMessageBytes (${this.base.maxMessageBytes})`)

@@ -20,6 +20,8 @@ export class ConnectionState {
   private current: ConnectionStatus = 'idle'
   private readonly down = new Set<string>()
   private lastReason = 'not connected yet'
+  /** Outages so far (metrics): each counts once, however many connections and attempts it spans. */
+  outages = 0
 
   /**
    * @param server How logs name the server, e.g. "Redis", "RabbitMQ".
@@ -72,6 +74,7 @@ export class ConnectionState {
       return
     }
     this.current = 'reconnecting'
+    this.outages++
     this.log().error(details, `${what}; publications fail until it is back, reconnecting`)
   }
 

@@ -12,6 +12,20 @@ export interface BrokerLogger {
 export interface PublishOptions {
   /** Optional event name carried to subscribers in the publication frame. */
   event?: string
+  /**
+   * W3C trace context carried in the broker message (PROTOCOL.md, Trace context), so that the
+   * instances delivering the publication link their spans to it. The plugin sets it itself when it
+   * traces (README, Observability); a worker may pass its own.
+   */
+  traceparent?: string
+}
+
+/** A broker's connection as metrics report it (`drizzle_broker_up`, `drizzle_broker_outages_total`). */
+export interface BrokerHealth {
+  /** `open` when connected; `idle`, `connecting`, `reconnecting` or `closed` otherwise. */
+  status: string
+  /** Outages since the broker was made. */
+  outages: number
 }
 
 /**
@@ -65,6 +79,8 @@ export interface Broker {
   topicProblem? (topic: string): string | undefined
   subscribe (topic: string): Promise<void>
   unsubscribe (topic: string): Promise<void>
+  /** Where the broker's connection stands, for metrics; a broker without one (in-memory) counts as always up. */
+  health? (): BrokerHealth
   /**
    * Sends a publication to every other process. Rejects with FST_DRIZZLE_BROKER_UNAVAILABLE when the
    * broker cannot take it now (never queues without bound), FST_DRIZZLE_BROKER_CLOSED after close().

@@ -9,14 +9,24 @@ export interface BrokerMessage {
   data: unknown
   event?: string
   origin?: string
+  /** W3C trace context of the publishing span (PROTOCOL.md, Trace context); optional, ignored when malformed. */
+  traceparent?: string
+}
+
+/** `version-traceid-spanid-flags`, lowercase hex, as W3C Trace Context level 1 writes it (version ff is invalid). */
+const TRACEPARENT = /^(?!ff)[\da-f]{2}-(?!0{32})[\da-f]{32}-(?!0{16})[\da-f]{16}-[\da-f]{2}$/
+
+export function isTraceparent (value: unknown): value is string {
+  return typeof value === 'string' && value.length >= 55 && TRACEPARENT.test(value.slice(0, 55)) && (value.length === 55 || value[55] === '-')
 }
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
-export function encodeBrokerMessage (data: unknown, event: string | undefined, origin: string): string {
-  const body = event === undefined
+export function encodeBrokerMessage (data: unknown, event: string | undefined, origin: string, traceparent?: string): string {
+  const body: BrokerMessage = event === undefined
     ? { data: data === undefined ? null : data, origin }
     : { data: data === undefined ? null : data, event, origin }
+  if (traceparent !== undefined) body.traceparent = traceparent
   return JSON.stringify(body)
 }
 

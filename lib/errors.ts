@@ -36,6 +36,8 @@ export const AlreadyStartedError = createError('FST_DRIZZLE_ALREADY_STARTED', 'C
 export const BrokerUnavailableError = createError('FST_DRIZZLE_BROKER_UNAVAILABLE', 'Broker "%s" cannot take the publication: %s', 503)
 export const BrokerClosedError = createError('FST_DRIZZLE_BROKER_CLOSED', 'Broker "%s" is closed', 503)
 export const BrokerUnsupportedError = createError('FST_DRIZZLE_BROKER_UNSUPPORTED', 'Broker "%s" does not support %s, which topic "%s" declares')
+// position() of a topic that no declaration with `history` serves.
+export const NoHistoryError = createError('FST_DRIZZLE_NO_HISTORY', 'Topic "%s" keeps no history: declare it with topic(pattern, { history: { size } })')
 
 /** A VALIDATION_ERROR carrying the list of what was wrong, each with its path. */
 export function validationError (message: string, details: Array<{ path: string, message: string }>): Error & { details: Array<{ path: string, message: string }> } {

@@ -61,7 +61,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
 
   fastify.addHook('onReady', async () => {
     rt.ready()
-    await rt.broker.attach({ deliver: (topic, data, event) => rt.deliver(topic, data, event), log: fastify.log })
+    await rt.broker.attach({ deliver: (topic, data, event, meta) => rt.deliver(topic, data, event, meta), log: fastify.log, resumed: topics => rt.history.resumed(topics) })
     await rt.broker.subscribe('__all__')
     startHeartbeat(rt)
     startIncompleteSweep(rt)

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { Static, TSchema } from 'typebox'
 import { buildAsyncApi, serverOf, type AsyncApiCallOptions, type AsyncApiDocument } from './asyncapi.js'
-import type { PublishOptions } from './brokers/types.js'
+import type { Position, PublishOptions } from './brokers/types.js'
 import type { DrizzleConnection } from './context.js'
 import type { Runtime } from './runtime.js'
 import type {
@@ -49,6 +49,15 @@ export class DrizzleScope {
 
   publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
     return this.rt.publish(topic, data, options)
+  }
+
+  /**
+   * The last position `{ offset, epoch }` of a topic declared with `history`: return it with the state
+   * an action loads (take it first), and the client subscribes `since` it, so nothing published in
+   * between is missed. Rejects with FST_DRIZZLE_NO_HISTORY for a topic that keeps no history.
+   */
+  position (topic: string): Promise<Position> {
+    return this.rt.position(topic)
   }
 
   /** Open connections of this app (in this process). */

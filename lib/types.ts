@@ -89,6 +89,11 @@ export interface TopicOptions<D = unknown> {
   authorize?: (ctx: ActionContext, params: TopicParams) => MaybePromise<boolean>
   /** Schema of the published data (documentation and client typing). */
   schema?: TSchema
+  /**
+   * Keep the last `size` publications, dropped `ttl` ms (default 300000) after the last one: every
+   * publication gets a position and subscribers may recover what they missed (README "History and recovery").
+   */
+  history?: false | { size: number, ttl?: number }
   /** Type-level only. */
   '~data'?: D
 }

@@ -137,14 +137,28 @@ export class Feed {
     this.pending.push(live)
   }
 
+  /**
+   * Reads what the broker has after the last offset delivered, and resolves once it is delivered: a
+   * subscriber that names a position is answered from a feed that knows the broker's epoch now.
+   * Rejects when the broker cannot be read.
+   */
+  sync (): Promise<void> {
+    if (this.state === 'live' || this.state === 'stalled') this.catchUp()
+    return this.caughtUp
+  }
+
+  private caughtUp: Promise<void> = Promise.resolve()
+
   private catchUp (): void {
     this.state = 'catching-up'
-    this.readBack().catch((err: unknown) => {
+    this.caughtUp = this.readBack().catch((err: unknown) => {
       if (this.forgotten) return
       // The broker is away: the next publication or its reconnection tries again.
       this.state = 'stalled'
       this.host.log.warn({ topic: this.topic, err }, 'could not read topic history; retrying on the next publication or reconnection')
+      throw err
     })
+    this.caughtUp.catch(() => {})
   }
 
   private async readBack (): Promise<void> {

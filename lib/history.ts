@@ -155,6 +155,8 @@ export class History {
     try {
       added = await this.rt.subscribe(conn, topic)
       await feed.ready
+      // A position is judged against the broker's epoch now, not the one this process saw last.
+      if (since !== undefined) await feed.sync()
       let read: HistoryRead | undefined
       if (since !== undefined && since.epoch === feed.epoch && since.offset < feed.last && feed.last - since.offset <= policy.size) {
         read = await this.broker().read(topic, since.offset, policy)

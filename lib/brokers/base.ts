@@ -97,6 +97,10 @@ export abstract class BaseBroker implements Broker {
         return
       }
       if (message.origin === this.origin) return
+      if (message.offset !== undefined && message.epoch !== undefined) {
+        this.sink?.deliver(topic, message.data, message.event, { offset: message.offset, epoch: message.epoch })
+        return
+      }
       this.sink?.deliver(topic, message.data, message.event)
     } catch (err) {
       this.log.error({ broker: this.name, topic, err }, 'Delivering a broker message failed')

@@ -9,6 +9,9 @@ export interface BrokerMessage {
   data: unknown
   event?: string
   origin?: string
+  /** Position of a history publication, set by the broker's server (README "History and recovery"). */
+  offset?: number
+  epoch?: string
 }
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -44,6 +47,8 @@ export function decodeBrokerMessage (raw: string | Buffer, maxBytes = DEFAULT_MA
   const message = parsed as BrokerMessage
   if (message.event !== undefined && typeof message.event !== 'string') return '"event" is not a string'
   if (message.origin !== undefined && typeof message.origin !== 'string') return '"origin" is not a string'
+  if (message.offset !== undefined && (!Number.isSafeInteger(message.offset) || message.offset < 1)) return '"offset" is not a positive integer'
+  if (message.epoch !== undefined && typeof message.epoch !== 'string') return '"epoch" is not a string'
   return message
 }
 

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
@@ -323,6 +324,20 @@ export class Connection implements Peer, Answer, SocketOwner {
       }
     }
     return buffered
+  }
+
+  /**
+   * Resolves once the socket has no backlog (or is closed): a history replay is written as the
+   * socket drains instead of being dropped as a slow consumer's (lib/history-feed.ts).
+   */
+  whenDrained (): Promise<void> {
+    const raw = rawSocketOf(this.socket) as (RawSocket & EventEmitter) | undefined
+    if (this.isClosed || raw === undefined || raw.destroyed || this.socket.bufferedAmount < BACKLOG) return Promise.resolve()
+    return new Promise(resolve => {
+      const done = (): void => { raw.off('drain', done); raw.off('close', done); resolve() }
+      raw.once('drain', done)
+      raw.once('close', done)
+    })
   }
 
   /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */

@@ -24,6 +24,9 @@ export class Hold {
   replay: Held[] = []
 }
 
+/** A subscriber whose socket can say when its backlog is written out (the WebSocket connection). */
+interface Drainable { whenDrained?: () => Promise<void> }
+
 export interface FeedHost {
   readonly history: BrokerHistory
   readonly log: FastifyBaseLogger
@@ -92,14 +95,42 @@ export class Feed {
     holds.add(hold)
   }
 
-  /** Ends a hold: its replay, then what was queued meanwhile, go to the subscriber in order. */
+  /**
+   * Ends a hold: its replay, then what was queued meanwhile, go to the subscriber in order. A replay
+   * may be large (up to `size` publications): it is written as the socket drains, not dropped as a
+   * slow consumer's backlog would be, and live publications wait in the hold until it is all out.
+   */
   release (conn: Subscriber, hold: Hold): void {
+    if (this.holds.get(conn)?.has(hold) !== true) return
+    if (hold.replay.length === 0 && hold.queue.length === 0) {
+      this.unhold(conn, hold)
+      return
+    }
+    this.writeOut(conn as Subscriber & Drainable, hold).catch((err: unknown) => {
+      this.unhold(conn, hold)
+      this.host.log.error({ topic: this.topic, err }, 'writing a history replay failed')
+    })
+  }
+
+  private async writeOut (conn: Subscriber & Drainable, hold: Hold): Promise<void> {
+    let frames = hold.replay
+    hold.replay = []
+    while (frames.length > 0) {
+      for (const held of frames) {
+        if (!conn.topics.has(this.topic)) break
+        if (conn.whenDrained !== undefined) await conn.whenDrained()
+        conn.sendPublication(held.frame)
+      }
+      frames = hold.queue
+      hold.queue = []
+    }
+    this.unhold(conn, hold)
+  }
+
+  private unhold (conn: Subscriber, hold: Hold): void {
     const holds = this.holds.get(conn)
     if (holds === undefined || !holds.delete(hold)) return
     if (holds.size === 0) this.holds.delete(conn)
-    if (!conn.topics.has(this.topic)) return
-    for (const held of hold.replay) conn.sendPublication(held.frame)
-    for (const held of hold.queue) conn.sendPublication(held.frame)
   }
 
   /** The frame of one publication, as every subscriber gets it. */
@@ -128,7 +159,13 @@ export class Feed {
     for (const conn of subscribers) {
       const holds = this.holds.get(conn)
       if (holds === undefined) conn.sendPublication(frame)
-      else for (const hold of holds) hold.queue.push(held)
+      else {
+        for (const hold of holds) {
+          // A subscriber that cannot take its replay loses the oldest: its client heals the gap.
+          if (hold.queue.length >= MAX_PENDING) hold.queue.shift()
+          hold.queue.push(held)
+        }
+      }
     }
   }
 

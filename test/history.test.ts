@@ -1,11 +1,13 @@
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import type { FastifyInstance } from 'fastify'
 import { build, connect, inject, listen, nextId, type Frame, type TestClient } from './helpers/client.js'
 import { waitFor } from './helpers/redis.js'
+import WebSocket from 'ws'
 import { memoryBroker, type Position } from '../lib/index.js'
+import { DrizzleClient, type RecoveryResult } from '../lib/client/index.js'
 
 // Topic history (README "History and recovery", PROTOCOL.md): positions, `since`, `recovered`,
 // replay before live, ctx.position, and what the memory broker keeps. The Redis side is in
@@ -228,3 +230,90 @@ test('10,000 idle history topics cost nothing after their ttl', async t => {
   await app.drizzle.publish('idle/1', 'again')
   assert.deepEqual(await app.drizzle.position('idle/1'), { offset: 1, epoch })
 })
+
+// ---- the typed client -------------------------------------------------------------------------
+
+interface Received { offsets: number[], data: unknown[], recoveries: RecoveryResult[] }
+
+function follow (client: DrizzleClient, topic: string, options: { since?: Position } = {}): Received {
+  const received: Received = { offsets: [], data: [], recoveries: [] }
+  client.subscribe(topic, (data, frame) => { received.offsets.push(frame.offset as number); received.data.push(data) }, {
+    ...options,
+    onRecovery: result => received.recoveries.push(result)
+  })
+  return received
+}
+
+function clientOf (t: TestContext, url: ConstructorParameters<typeof DrizzleClient>[0]): DrizzleClient {
+  const client = new DrizzleClient(url, { WebSocket, timeout: 5000, reconnect: { baseDelay: 20, maxDelay: 100 } })
+  t.after(() => client.close())
+  return client
+}
+
+test('client: subscribe since a known position gets what followed it, then live; onRecovery says recovered', async t => {
+  const app = await build(t, {}, declare)
+  const url = await listen(app)
+  await publishMany(app, 'rooms/1', 1, 10)
+  const { epoch } = await app.drizzle.position('rooms/1')
+  const client = clientOf(t, url)
+  const received = follow(client, 'rooms/1', { since: { offset: 4, epoch } })
+  await waitFor('the replay', () => received.offsets.length === 6)
+  await publishMany(app, 'rooms/1', 11, 2)
+  await waitFor('live ones', () => received.offsets.length === 8)
+  assert.deepEqual(received.offsets, range(5, 8))
+  assert.deepEqual(received.recoveries.map(r => [r.recovered, r.epoch]), [[true, epoch]])
+})
+
+test('client: recovers after every reconnect, and tells the app when it could not', async t => {
+  const app = await build(t, {}, declare)
+  const url = await listen(app)
+  const client = clientOf(t, url)
+  const rooms = follow(client, 'rooms/2')
+  const small = follow(client, 'small/2')
+  await waitFor('subscribed', () => app.drizzle.subscriberCount('rooms/2') === 1 && app.drizzle.subscriberCount('small/2') === 1)
+  await publishMany(app, 'rooms/2', 1, 2)
+  await publishMany(app, 'small/2', 1, 2)
+  await waitFor('live', () => rooms.offsets.length === 2 && small.offsets.length === 2)
+  const reopened = new Promise(resolve => client.on('open', resolve))
+  for (const conn of app.drizzle.connections) conn.close(1012, 'restart')
+  await waitFor('disconnected', () => app.drizzle.subscriberCount('rooms/2') === 0)
+  await publishMany(app, 'rooms/2', 3, 20)
+  await publishMany(app, 'small/2', 3, 20)
+  await reopened
+  await waitFor('recovered', () => rooms.offsets.length === 22 && small.recoveries.length === 1)
+  assert.deepEqual(rooms.offsets, range(1, 22))
+  assert.deepEqual(rooms.recoveries.map(r => r.recovered), [true])
+  assert.deepEqual(small.recoveries.map(r => [r.recovered, r.offset]), [[false, 22]], 'too old for size 5: the app is told')
+  await publishMany(app, 'small/2', 23, 1)
+  await waitFor('live again', () => small.offsets.at(-1) === 23)
+  assert.deepEqual(small.offsets, [1, 2, 23])
+})
+
+test('client: a gap left by the drop slow-consumer policy is detected and healed, every offset once in order', async t => {
+  const app = await build(t, { slowConsumer: 'drop', maxBufferedBytes: 256 * 1024 }, declare)
+  const url = await listen(app)
+  let socket: WebSocket | undefined
+  const client = clientOf(t, () => { socket = new WebSocket(url); return socket as never })
+  const received = follow(client, 'big/1')
+  await waitFor('subscribed', () => app.drizzle.subscriberCount('big/1') === 1 && received.recoveries.length === 0 && socket?.readyState === 1)
+  const raw = (socket as unknown as { _socket: { pause: () => void, resume: () => void } })._socket
+  raw.pause()
+  const payload = 'x'.repeat(64 * 1024)
+  const count = 300
+  for (let n = 1; n <= count; n++) await app.drizzle.publish('big/1', { n, payload })
+  raw.resume()
+  // The client learns of a gap from the next publication it gets: one made once its socket drained.
+  const server = [...app.drizzle.connections][0] as unknown as { socket: WebSocket }
+  await waitFor('the backlog written out', () => server.socket.bufferedAmount === 0, 20_000)
+  assert.ok(received.offsets.length < count, `publications were dropped (${received.offsets.length} of ${count} arrived)`)
+  await app.drizzle.publish('big/1', { n: count + 1, payload })
+  await waitFor('every publication', () => received.offsets.at(-1) === count + 1, 20_000)
+  assert.deepEqual(received.offsets, range(1, count + 1))
+  assert.deepEqual(received.data.map(d => (d as { n: number }).n), range(1, count + 1))
+  assert.ok(received.recoveries.length >= 1, 'a gap was healed')
+  assert.ok(received.recoveries.every(r => r.recovered))
+})
+
+function range (from: number, count: number): number[] {
+  return Array.from({ length: count }, (_, i) => from + i)
+}

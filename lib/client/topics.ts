@@ -4,13 +4,16 @@
 import { DrizzleClientError, isClientError, withTopic } from './errors.js'
 import { callSafely, noop, type Emitter } from './emitter.js'
 import type { Link, PendingRequests } from './requests.js'
-import type { ClientEvents, Publication, TopicListener, Unsubscribe } from './types.js'
+import { TopicCursor } from './history.js'
+import type { ClientEvents, Publication, SubscribeOptions, TopicListener, Unsubscribe } from './types.js'
 
 const TOPIC_RESOURCE = '$topic'
 
 /** One topic the client subscribed to: its listeners, and whether the server confirmed it. */
 interface TopicState {
   readonly listeners: Set<TopicListener<any>>
+  /** Positions on topics that keep history (lib/client/history.ts). */
+  readonly cursor: TopicCursor
   readonly ready: Promise<void>
   /** Resolves `ready`, or rejects it with `error`; only the first call counts. */
   setReady: (error?: unknown) => void
@@ -29,20 +32,21 @@ export class ClientTopics {
   ) {}
 
   /** See DrizzleClient.subscribe. */
-  subscribe (topic: string, listener: TopicListener<any>): Unsubscribe {
+  subscribe (topic: string, listener: TopicListener<any>, options?: SubscribeOptions): Unsubscribe {
     if (this.link.state === 'closed') {
-      const dead = newTopicState()
+      const dead = newTopicState(topic, undefined)
       dead.setReady(new DrizzleClientError('disconnect', 'Client is closed', { topic }))
       return Object.assign(noop, { ready: dead.ready })
     }
     let state = this.topics.get(topic)
     if (state === undefined) {
-      state = newTopicState()
+      state = newTopicState(topic, options?.since)
       this.topics.set(topic, state)
       // Not open yet: the next open renews every topic in the map.
       if (this.link.state === 'open') this.sendSubscribe(topic, state)
     }
     state.listeners.add(listener)
+    if (options?.onRecovery !== undefined) state.cursor.onRecovery.set(listener, options.onRecovery)
     const current = state
     const stop = (): void => { this.unsubscribe(topic, current, listener) }
     return Object.assign(stop, { ready: current.ready })
@@ -66,7 +70,9 @@ export class ClientTopics {
   dispatchPublication (frame: Publication): void {
     this.events.emit('publication', frame)
     const subscribed = this.topics.get(frame.topic)
-    if (subscribed !== undefined) for (const fn of [...subscribed.listeners]) callSafely(fn, frame.data, frame)
+    if (subscribed !== undefined && subscribed.cursor.accept(frame, deliverTo(subscribed)) && this.link.state === 'open') {
+      this.sendSubscribe(frame.topic, subscribed)
+    }
     const listening = this.listeners.get(frame.topic)
     if (listening !== undefined) for (const fn of [...listening]) callSafely(fn, frame.data, frame)
   }
@@ -82,6 +88,7 @@ export class ClientTopics {
   }
 
   private unsubscribe (topic: string, state: TopicState, listener: TopicListener<any>): void {
+    state.cursor.onRecovery.delete(listener)
     if (!state.listeners.delete(listener) || state.listeners.size > 0 || this.topics.get(topic) !== state) return
     this.topics.delete(topic)
     state.setReady(new DrizzleClientError('disconnect', 'Unsubscribed before the server confirmed', { topic }))
@@ -93,9 +100,13 @@ export class ClientTopics {
   }
 
   private sendSubscribe (topic: string, state: TopicState): void {
-    this.topicOp(topic, () => this.requests.add(TOPIC_RESOURCE, 'subscribe', { topic })).then(() => {
+    const data = state.cursor.request()
+    this.topicOp(topic, () => this.requests.add(TOPIC_RESOURCE, 'subscribe', data)).then(reply => {
       state.setReady()
+      const gap = state.cursor.replied(reply, data.since, deliverTo(state))
+      if (gap && this.link.state === 'open' && this.topics.get(topic) === state) this.sendSubscribe(topic, state)
     }, (err: unknown) => {
+      state.cursor.failed()
       // A disconnect is not a refusal: the next open renews the subscription.
       if (isClientError(err) && err.type === 'disconnect') return
       const error = isClientError(err) ? withTopic(err, topic) : new DrizzleClientError('protocol', String(err), { topic, cause: err })
@@ -115,12 +126,17 @@ export class ClientTopics {
   }
 }
 
-function newTopicState (): TopicState {
+/** Hands a publication to every listener of a subscription. */
+function deliverTo (state: TopicState): (frame: Publication) => void {
+  return frame => { for (const fn of [...state.listeners]) callSafely(fn, frame.data, frame) }
+}
+
+function newTopicState (topic: string, since: SubscribeOptions['since']): TopicState {
   let setReady: (error?: unknown) => void = noop
   const ready = new Promise<void>((resolve, reject) => {
     setReady = error => { if (error === undefined) resolve(); else reject(error) }
   })
   // Marks the promise handled: a refusal is also an `error` event, and awaiting `ready` is optional.
   ready.catch(noop)
-  return { listeners: new Set(), ready, setReady }
+  return { listeners: new Set(), cursor: new TopicCursor(topic, since), ready, setReady }
 }

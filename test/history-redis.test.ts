@@ -7,6 +7,8 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import drizzle, { type Broker, type Position } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
+import WebSocket from 'ws'
+import { DrizzleClient, type RecoveryResult } from '../lib/client/index.js'
 import { connect, listen, nextId, type Frame, type TestClient } from './helpers/client.js'
 import { recordingLogger } from './helpers/logger.js'
 import { REDIS_URL, canReach, freePort, killServer, startRedisServer, waitFor } from './helpers/redis.js'
@@ -23,7 +25,7 @@ const timeout = 60_000
 
 interface Node { app: FastifyInstance, url: string, broker: Broker }
 
-async function node (t: TestContext, url: string, prefix: string, options: { logger?: ReturnType<typeof recordingLogger> } = {}): Promise<Node> {
+async function node (t: TestContext, url: string, prefix: string, options: { logger?: ReturnType<typeof recordingLogger>, port?: number } = {}): Promise<Node> {
   const app = Fastify({ loggerInstance: options.logger }) as unknown as FastifyInstance
   const broker = redisBroker({ url, prefix })
   await app.register(drizzle, { broker, heartbeatInterval: 0, closeGracePeriod: 100, rateLimit: false })
@@ -33,7 +35,9 @@ async function node (t: TestContext, url: string, prefix: string, options: { log
     load: async (message, ctx) => ({ position: await ctx.position(String((message.data as { topic: string }).topic)) })
   })
   t.after(() => app.close())
-  return { app, broker, url: await listen(app) }
+  if (options.port === undefined) return { app, broker, url: await listen(app) }
+  await app.listen({ port: options.port, host: '127.0.0.1' })
+  return { app, broker, url: `ws://127.0.0.1:${options.port}/ws` }
 }
 
 const prefixOf = (): string => `test:history:${randomUUID()}:`
@@ -202,4 +206,27 @@ test('redis: a Redis restart changes the epoch; a since of the old one answers r
   assert.deepEqual(resumed.data, { topic: 'rooms/2', subscribed: true, offset: 1, epoch: position.epoch, recovered: false })
   // The client that stayed sees the offsets start again (a gap, for it: it re-subscribes since).
   await waitFor('the first publication of the new epoch', () => client.publications('rooms/2').some(f => f.offset === 1 && f.data.n === 1), 10_000)
+})
+
+test('redis: the typed client recovers across a server restart: every publication once, recovered: true', { skip, timeout }, async t => {
+  const prefix = prefixOf()
+  const port = await freePort()
+  const first = await node(t, REDIS_URL, prefix, { port })
+  const other = await node(t, REDIS_URL, prefix)
+  const client = new DrizzleClient(first.url, { WebSocket, timeout: 5000, reconnect: { baseDelay: 20, maxDelay: 100 } })
+  t.after(() => client.close())
+  const offsets: number[] = []
+  const recoveries: RecoveryResult[] = []
+  client.subscribe('rooms/3', (data, frame) => { offsets.push(frame.offset as number); assert.equal((data as { n: number }).n, frame.offset) }, { onRecovery: r => recoveries.push(r) })
+  await waitFor('subscribed', () => first.app.drizzle.subscriberCount('rooms/3') === 1)
+  await publishMany(other.app, 'rooms/3', 1, 3)
+  await waitFor('3 publications', () => offsets.length === 3)
+  await first.app.close()
+  await publishMany(other.app, 'rooms/3', 4, 20)
+  await node(t, REDIS_URL, prefix, { port })
+  await waitFor('recovered after the restart', () => offsets.length === 23, 20_000)
+  await publishMany(other.app, 'rooms/3', 24, 2)
+  await waitFor('live again', () => offsets.length === 25)
+  assert.deepEqual(offsets, range(1, 25))
+  assert.deepEqual(recoveries.map(r => r.recovered), [true])
 })

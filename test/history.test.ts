@@ -5,6 +5,7 @@ import { runInNewContext } from 'node:vm'
 import type { FastifyInstance } from 'fastify'
 import { build, connect, inject, listen, nextId, type Frame, type TestClient } from './helpers/client.js'
 import { waitFor } from './helpers/redis.js'
+import { Parser } from '@asyncapi/parser'
 import WebSocket from 'ws'
 import { memoryBroker, type Position } from '../lib/index.js'
 import { DrizzleClient, type RecoveryResult } from '../lib/client/index.js'
@@ -267,7 +268,10 @@ test('client: subscribe since a known position gets what followed it, then live;
 test('client: recovers after every reconnect, and tells the app when it could not', async t => {
   const app = await build(t, {}, declare)
   const url = await listen(app)
-  const client = clientOf(t, url)
+  // While the gate is shut the client cannot reconnect: publications are made while it is away.
+  let gate = Promise.resolve()
+  let open = (): void => {}
+  const client = clientOf(t, async () => { await gate; return url })
   const rooms = follow(client, 'rooms/2')
   const small = follow(client, 'small/2')
   await waitFor('subscribed', () => app.drizzle.subscriberCount('rooms/2') === 1 && app.drizzle.subscriberCount('small/2') === 1)
@@ -275,10 +279,12 @@ test('client: recovers after every reconnect, and tells the app when it could no
   await publishMany(app, 'small/2', 1, 2)
   await waitFor('live', () => rooms.offsets.length === 2 && small.offsets.length === 2)
   const reopened = new Promise(resolve => client.on('open', resolve))
+  gate = new Promise(resolve => { open = resolve })
   for (const conn of app.drizzle.connections) conn.close(1012, 'restart')
   await waitFor('disconnected', () => app.drizzle.subscriberCount('rooms/2') === 0)
   await publishMany(app, 'rooms/2', 3, 20)
   await publishMany(app, 'small/2', 3, 20)
+  open()
   await reopened
   await waitFor('recovered', () => rooms.offsets.length === 22 && small.recoveries.length === 1)
   assert.deepEqual(rooms.offsets, range(1, 22))
@@ -317,3 +323,20 @@ test('client: a gap left by the drop slow-consumer policy is detected and healed
 function range (from: number, count: number): number[] {
   return Array.from({ length: count }, (_, i) => from + i)
 }
+
+test('the AsyncAPI document describes positions, since and recovered', async t => {
+  const app = await build(t, {}, declare)
+  const doc = app.drizzle.asyncapi() as any
+  const diagnostics = await new Parser().validate(JSON.stringify(doc))
+  assert.deepEqual(diagnostics.filter(d => d.severity === 0), [])
+  const rooms = Object.values(doc.channels).find((c: any) => c.title === 'rooms/:id') as any
+  assert.match(rooms.description, /keeps history/)
+  assert.equal(rooms.messages.publication.payload.properties.offset.type, 'integer')
+  const plain = Object.values(doc.channels).find((c: any) => c.title === 'plain/:id') as any
+  assert.equal(plain.messages.publication.payload.properties.offset, undefined)
+  const messages = Object.values(doc.channels.drizzle.messages) as any[]
+  const subscribe = messages.find(m => m.title === '$topic.subscribe request').payload.properties.data
+  assert.deepEqual(subscribe.properties.since.required, ['offset', 'epoch'])
+  const reply = messages.find(m => m.title === '$topic.subscribe reply').payload.properties.data
+  assert.deepEqual(Object.keys(reply.properties), ['topic', 'subscribed', 'offset', 'epoch', 'recovered'])
+})

@@ -24,6 +24,8 @@ export class ClientTopics {
   private readonly listeners = new Map<string, Set<TopicListener<any>>>()
   /** Per topic, the tail of its $topic requests: a subscribe and a later unsubscribe never overtake each other. */
   private readonly topicOps = new Map<string, Promise<unknown>>()
+  /** Timers of history re-subscriptions to ask again (see retryLater). */
+  private readonly retries = new Set<ReturnType<typeof setTimeout>>()
 
   constructor (
     private readonly link: Pick<Link, 'state'>,
@@ -84,6 +86,8 @@ export class ClientTopics {
 
   /** The client stopped for good: every unconfirmed subscription rejects its `ready`. */
   failAll (why: string): void {
+    for (const timer of this.retries) clearTimeout(timer)
+    this.retries.clear()
     for (const [topic, state] of this.topics) state.setReady(new DrizzleClientError('disconnect', why, { topic }))
   }
 
@@ -110,10 +114,25 @@ export class ClientTopics {
       // A disconnect is not a refusal: the next open renews the subscription.
       if (isClientError(err) && err.type === 'disconnect') return
       const error = isClientError(err) ? withTopic(err, topic) : new DrizzleClientError('protocol', String(err), { topic, cause: err })
+      if (state.cursor.position !== undefined && isTransient(error)) {
+        // A history subscription the server could not renew now (its broker away, or slow): giving
+        // up would lose publications silently, so it asks again a little later.
+        this.events.emit('error', error)
+        this.retryLater(topic, state)
+        return
+      }
       if (error.type === 'server' && this.topics.get(topic) === state) this.topics.delete(topic)
       state.setReady(error)
       this.events.emit('error', error)
     })
+  }
+
+  private retryLater (topic: string, state: TopicState): void {
+    const timer = setTimeout(() => {
+      this.retries.delete(timer)
+      if (this.link.state === 'open' && this.topics.get(topic) === state) this.sendSubscribe(topic, state)
+    }, RETRY_MIN_MS + Math.floor(Math.random() * RETRY_MIN_MS))
+    this.retries.add(timer)
   }
 
   private topicOp (topic: string, op: () => Promise<unknown>): Promise<unknown> {
@@ -124,6 +143,14 @@ export class ClientTopics {
     tail.then(() => { if (this.topicOps.get(topic) === tail) this.topicOps.delete(topic) })
     return next
   }
+}
+
+/** Milliseconds before a failed history re-subscription asks again (plus as much at random). */
+const RETRY_MIN_MS = 250
+
+/** A timeout or a 5xx: the server may serve the same request a moment later. */
+function isTransient (error: DrizzleClientError): boolean {
+  return error.type === 'timeout' || (error.type === 'server' && (error.statusCode ?? 500) >= 500)
 }
 
 /** Hands a publication to every listener of a subscription. */

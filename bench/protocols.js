@@ -103,6 +103,8 @@ const nesProtocol = {
 
 export const protocols = {
   drizzle: drizzleProtocol,
+  // The same server with topic history on (issue #15): same frames, plus an offset.
+  'drizzle-history': drizzleProtocol,
   bare: drizzleProtocol,
   socketio: socketIoProtocol,
   nes: nesProtocol

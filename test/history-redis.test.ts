@@ -217,8 +217,9 @@ test('redis: the typed client recovers across a server restart: every publicatio
   t.after(() => client.close())
   const offsets: number[] = []
   const recoveries: RecoveryResult[] = []
-  client.subscribe('rooms/3', (data, frame) => { offsets.push(frame.offset as number); assert.equal((data as { n: number }).n, frame.offset) }, { onRecovery: r => recoveries.push(r) })
-  await waitFor('subscribed', () => first.app.drizzle.subscriberCount('rooms/3') === 1)
+  const stop = client.subscribe('rooms/3', (data, frame) => { offsets.push(frame.offset as number); assert.equal((data as { n: number }).n, frame.offset) }, { onRecovery: r => recoveries.push(r) })
+  // Publications count from the position the reply gives.
+  await stop.ready
   await publishMany(other.app, 'rooms/3', 1, 3)
   await waitFor('3 publications', () => offsets.length === 3)
   await first.app.close()

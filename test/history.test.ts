@@ -234,15 +234,16 @@ test('10,000 idle history topics cost nothing after their ttl', async t => {
 
 // ---- the typed client -------------------------------------------------------------------------
 
-interface Received { offsets: number[], data: unknown[], recoveries: RecoveryResult[] }
+interface Received { offsets: number[], data: unknown[], recoveries: RecoveryResult[], ready: Promise<void> }
 
+/** Records what a subscription delivers; `ready` settles with the server's reply (the position is known then). */
 function follow (client: DrizzleClient, topic: string, options: { since?: Position } = {}): Received {
-  const received: Received = { offsets: [], data: [], recoveries: [] }
-  client.subscribe(topic, (data, frame) => { received.offsets.push(frame.offset as number); received.data.push(data) }, {
+  const received = { offsets: [] as number[], data: [] as unknown[], recoveries: [] as RecoveryResult[] }
+  const stop = client.subscribe(topic, (data, frame) => { received.offsets.push(frame.offset as number); received.data.push(data) }, {
     ...options,
     onRecovery: result => received.recoveries.push(result)
   })
-  return received
+  return { ...received, ready: stop.ready }
 }
 
 function clientOf (t: TestContext, url: ConstructorParameters<typeof DrizzleClient>[0]): DrizzleClient {
@@ -274,7 +275,8 @@ test('client: recovers after every reconnect, and tells the app when it could no
   const client = clientOf(t, async () => { await gate; return url })
   const rooms = follow(client, 'rooms/2')
   const small = follow(client, 'small/2')
-  await waitFor('subscribed', () => app.drizzle.subscriberCount('rooms/2') === 1 && app.drizzle.subscriberCount('small/2') === 1)
+  await rooms.ready
+  await small.ready
   await publishMany(app, 'rooms/2', 1, 2)
   await publishMany(app, 'small/2', 1, 2)
   await waitFor('live', () => rooms.offsets.length === 2 && small.offsets.length === 2)
@@ -301,7 +303,7 @@ test('client: a gap left by the drop slow-consumer policy is detected and healed
   let socket: WebSocket | undefined
   const client = clientOf(t, () => { socket = new WebSocket(url); return socket as never })
   const received = follow(client, 'big/1')
-  await waitFor('subscribed', () => app.drizzle.subscriberCount('big/1') === 1 && received.recoveries.length === 0 && socket?.readyState === 1)
+  await received.ready
   const raw = (socket as unknown as { _socket: { pause: () => void, resume: () => void } })._socket
   raw.pause()
   const payload = 'x'.repeat(64 * 1024)

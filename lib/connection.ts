@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto'
-import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
@@ -10,7 +9,7 @@ import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecy
 import { encodeError, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, drained, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
 
 // The WebSocket transport: one Connection owns one socket's loop. Inbound (handle*): frames, pongs,
@@ -326,19 +325,8 @@ export class Connection implements Peer, Answer, SocketOwner {
     return buffered
   }
 
-  /**
-   * Resolves once the socket has no backlog (or is closed): a history replay is written as the
-   * socket drains instead of being dropped as a slow consumer's (lib/history-feed.ts).
-   */
-  whenDrained (): Promise<void> {
-    const raw = rawSocketOf(this.socket) as (RawSocket & EventEmitter) | undefined
-    if (this.isClosed || raw === undefined || raw.destroyed || this.socket.bufferedAmount < BACKLOG) return Promise.resolve()
-    return new Promise(resolve => {
-      const done = (): void => { raw.off('drain', done); raw.off('close', done); resolve() }
-      raw.once('drain', done)
-      raw.once('close', done)
-    })
-  }
+  /** Resolves once the socket has no backlog: a history replay waits for it rather than being dropped. */
+  whenDrained (): Promise<void> { return this.isClosed ? Promise.resolve() : drained(this.socket) }
 
   /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */
   drained (): void {

@@ -106,6 +106,8 @@ export const protocols = {
   'drizzle+metrics': drizzleProtocol,
   'drizzle+otel-off': drizzleProtocol,
   'drizzle+notrace': drizzleProtocol,
+  // The same server with topic history on (issue #15): same frames, plus an offset.
+  'drizzle-history': drizzleProtocol,
   bare: drizzleProtocol,
   socketio: socketIoProtocol,
   nes: nesProtocol

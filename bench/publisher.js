@@ -22,6 +22,14 @@ if (impl === 'socketio') {
   publish = (data) => { io.to(TOPIC).emit('pub', data) }
   // io.close() would fail: this server was never attached to an HTTP server.
   close = () => { pub.disconnect(); sub.disconnect() }
+} else if (impl === 'drizzle-history') {
+  // The outside publishers' way to a history topic: FCALL drizzle_publish, same message as PUBLISH.
+  const { LIBRARY } = await import('../node_modules/.cache/fastify-drizzle-bench/brokers/redis-history.js')
+  const redis = new Redis(options.redis.url)
+  await redis.call('FUNCTION', 'LOAD', 'REPLACE', LIBRARY)
+  const channel = options.redis.prefix + TOPIC
+  publish = (data) => redis.call('FCALL', 'drizzle_publish', '1', channel, JSON.stringify({ data }))
+  close = () => redis.disconnect()
 } else {
   const redis = new Redis(options.redis.url)
   const channel = options.redis.prefix + TOPIC

@@ -9,9 +9,9 @@ import { median } from './common.js'
 import { svgChart } from './svg.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const IMPLS = ['drizzle', 'bare', 'socketio', 'nes']
-const NAMES = { drizzle: 'fastify-drizzle', bare: 'bare @fastify/websocket', socketio: 'Socket.IO 4', nes: '@hapi/nes' }
-const RATIO_TO = ['bare', 'socketio', 'nes']
+const IMPLS = ['drizzle', 'drizzle-history', 'bare', 'socketio', 'nes']
+const NAMES = { drizzle: 'fastify-drizzle', 'drizzle-history': 'fastify-drizzle, history on', bare: 'bare @fastify/websocket', socketio: 'Socket.IO 4', nes: '@hapi/nes' }
+const RATIO_TO = ['drizzle-history', 'bare', 'socketio', 'nes']
 
 // [field, label, decimals]
 const METRICS = {
@@ -91,8 +91,8 @@ export function summarize (records) {
 
 function markdownTable ({ lines }) {
   const out = []
-  out.push('| scenario | metric | ' + IMPLS.map(i => NAMES[i]).join(' | ') + ' | drizzle / bare | drizzle / Socket.IO | drizzle / nes |')
-  out.push('| --- | --- | ' + IMPLS.map(() => '---:').join(' | ') + ' | ---: | ---: | ---: |')
+  out.push('| scenario | metric | ' + IMPLS.map(i => NAMES[i]).join(' | ') + ' | drizzle / with history | drizzle / bare | drizzle / Socket.IO | drizzle / nes |')
+  out.push('| --- | --- | ' + IMPLS.map(() => '---:').join(' | ') + ' | ---: | ---: | ---: | ---: |')
   for (const l of lines) {
     out.push(`| ${l.scenario} | ${l.label} | ` + IMPLS.map(i => l.values[i] ?? 'n/a').join(' | ') + ' | ' +
       RATIO_TO.map(o => l.ratios[o]?.text ?? 'n/a').join(' | ') + ' |')
@@ -109,7 +109,7 @@ function targetTable ({ targets }) {
 }
 
 function plainTable ({ lines }) {
-  const header = ['scenario', 'metric', ...IMPLS, 'd/bare', 'd/sio', 'd/nes']
+  const header = ['scenario', 'metric', ...IMPLS, 'd/hist', 'd/bare', 'd/sio', 'd/nes']
   const rows = lines.map(l => [l.scenario, l.label, ...IMPLS.map(i => l.values[i] ?? 'n/a'), ...RATIO_TO.map(o => l.ratios[o]?.text ?? 'n/a')])
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => r[i].length)))
   const fmtRow = (r) => r.map((c, i) => c.padEnd(widths[i])).join('  ')

@@ -20,6 +20,7 @@ async function echo (data) {
 }
 
 const servers = {
+  'drizzle-history': () => servers.drizzle(),
   async drizzle (variant = {}) {
     const { default: Fastify } = await import('fastify')
     const { default: drizzle } = await import('../node_modules/.cache/fastify-drizzle-bench/index.js')
@@ -35,7 +36,8 @@ const servers = {
     app.drizzle.resource('bench', {
       async echo (message) { return echo(message.data) }
     })
-    app.drizzle.topic(TOPIC)
+    // `drizzle-history`: the same server, its topic keeping history (positions, a capped stream on Redis).
+    app.drizzle.topic(TOPIC, impl === 'drizzle-history' ? { history: { size: 1000 } } : {})
     await app.listen({ host: '127.0.0.1', port: 0 })
     return {
       port: app.server.address().port,

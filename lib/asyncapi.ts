@@ -105,7 +105,7 @@ export function buildAsyncApi (rt: Runtime, server: AsyncApiServer): AsyncApiDoc
   addTopicActions(doc, messages, keys)
   const declared = rt.patterns.all()
   for (const topic of declared) {
-    const channelKey = addTopic(doc, keys, topic.pattern, topic.params, topic.options.schema, topicDescription(topic))
+    const channelKey = addTopic(doc, keys, topic.pattern, topic.params, topic.options.schema, topicDescription(topic), keepsHistory(topic))
     const presence = presenceSettings(topic)
     // A specification extension, so tools (the playground) know the topic answers $presence/get.
     if (presence !== undefined) (doc.channels[channelKey] as Record<string, unknown>)['x-drizzle-presence'] = presence
@@ -128,7 +128,22 @@ function describeAction (action: CompiledAction): string {
 
 function topicDescription (topic: DeclaredTopic): string {
   const who = topic.options.authorize === undefined ? 'Any client' : 'A client the topic\'s authorize function accepts'
-  return `Declared topic "${topic.pattern}". ${who} may subscribe with {"resource":"$topic","action":"subscribe","data":{"topic":"<topic>"}}; handlers may subscribe connections too.`
+  const history = keepsHistory(topic)
+    ? ' It keeps history: every publication carries its "offset"; subscribing with "since": {"offset","epoch"} replays what followed that position (the reply says "recovered").'
+    : ''
+  return `Declared topic "${topic.pattern}". ${who} may subscribe with {"resource":"$topic","action":"subscribe","data":{"topic":"<topic>"}}; handlers may subscribe connections too.${history}`
+}
+
+function keepsHistory (topic: DeclaredTopic): boolean {
+  const history = (topic.options as { history?: unknown }).history
+  return history !== undefined && history !== false
+}
+
+/** A position in a topic's history (README "History and recovery"). */
+const POSITION = {
+  type: 'object',
+  required: ['offset', 'epoch'],
+  properties: { offset: { type: 'integer', minimum: 0 }, epoch: { type: 'string', minLength: 1, maxLength: 64 } }
 }
 
 /** An action: a request message and a reply message on the WebSocket channel, and a receive operation with its reply. */
@@ -153,9 +168,15 @@ function addAction (doc: AsyncApiDocument, messages: Record<string, unknown>, ke
 
 /** The built-in `$topic` resource through which clients subscribe themselves to declared topics. */
 function addTopicActions (doc: AsyncApiDocument, messages: Record<string, unknown>, keys: Keys): void {
-  const data = { type: 'object', required: ['topic'], properties: { topic: { type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH } } }
   for (const action of ['subscribe', 'unsubscribe']) {
-    const reply = { type: 'object', required: ['topic', 'subscribed'], properties: { topic: { type: 'string' }, subscribed: { type: 'boolean', const: action === 'subscribe' } } }
+    const subscribing = action === 'subscribe'
+    const data = { type: 'object', required: ['topic'], properties: { topic: { type: 'string', minLength: 1, maxLength: MAX_NAME_LENGTH }, ...(subscribing ? { since: { ...POSITION, description: 'History topics only: replay what followed this position' } } : {}) } }
+    const positions = {
+      offset: { type: 'integer', minimum: 0, description: 'History topics only: the last assigned offset' },
+      epoch: { type: 'string', description: 'History topics only: the epoch of the topic\'s history' },
+      recovered: { type: 'boolean', description: 'With since only: false when what followed it cannot be replayed (reload the state)' }
+    }
+    const reply = { type: 'object', required: ['topic', 'subscribed'], properties: { topic: { type: 'string' }, subscribed: { type: 'boolean', const: subscribing }, ...(subscribing ? positions : {}) } }
     addAction(doc, messages, keys, TOPIC_RESOURCE, action, { data, reply },
       `Built-in: ${action} the connection ${action === 'subscribe' ? 'to' : 'from'} a topic (declared topics only for subscribe)`)
   }
@@ -186,7 +207,7 @@ function addPresenceEvents (doc: AsyncApiDocument, channelKey: string, pattern: 
 
 /** A topic: a channel whose address has `{param}` for each `:param`, and the server's send operation. Returns the channel's key. */
 function addTopic (doc: AsyncApiDocument, keys: Keys, pattern: string, params: readonly (string | undefined)[],
-  schema: unknown, description: string): string {
+  schema: unknown, description: string, positioned = false): string {
   const segments = pattern.split('/').map((segment, i) => params[i] === undefined ? segment : `{${params[i]}}`)
   const name = pattern.replace(/\//g, '.').replace(/:/g, '')
   const channelKey = keys.channels.take(`topic.${name}`)
@@ -198,7 +219,8 @@ function addTopic (doc: AsyncApiDocument, keys: Keys, pattern: string, params: r
     properties: {
       topic: { type: 'string', description: `The concrete topic (${pattern})` },
       data: schema === undefined ? {} : plainSchema(schema),
-      event: { type: 'string', description: 'Optional event name given to publish()' }
+      event: { type: 'string', description: 'Optional event name given to publish()' },
+      ...(positioned ? { offset: { type: 'integer', minimum: 1, description: 'Position in the topic\'s history: one more than the previous publication\'s (a publication from a plain Redis PUBLISH has none)' } } : {})
     }
   }
   doc.channels[channelKey] = {

@@ -9,7 +9,7 @@ import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecy
 import { encodeError, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, drained, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
 import { userOf } from './users.js'
 
@@ -349,6 +349,9 @@ export class Connection implements Peer, Answer, SocketOwner {
     }
     return buffered
   }
+
+  /** Resolves once the socket has no backlog: a history replay waits for it rather than being dropped. */
+  whenDrained (): Promise<void> { return this.isClosed ? Promise.resolve() : drained(this.socket) }
 
   /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */
   drained (): void {

@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest } from 'fastify'
 import type { Envelope } from './protocol.js'
-import type { PublishOptions } from './brokers/types.js'
+import type { Position, PublishOptions } from './brokers/types.js'
 
 /** Per-connection storage for the app; augment `DrizzleConnectionStore` to type it. */
 export interface DrizzleConnectionStore extends Record<string, unknown> {}
@@ -114,6 +114,11 @@ export class ActionContext {
 
   publish (topic: string | readonly string[], data: unknown, options?: PublishOptions): Promise<void> {
     return this.host.publish(topic, data, options, this)
+  }
+
+  /** The last position of a history topic: see `app.drizzle.position` (README "History and recovery"). */
+  position (topic: string): Promise<Position> {
+    return this.server.drizzle.position(topic)
   }
 }
 

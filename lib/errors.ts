@@ -40,6 +40,8 @@ export const BrokerClosedError = createError('FST_DRIZZLE_BROKER_CLOSED', 'Broke
 // identify (or publishToUser/disconnectUser) given something that cannot name a user.
 export const InvalidUserError = createError('FST_DRIZZLE_INVALID_USER', '%s an invalid user: %s', 500)
 export const BrokerUnsupportedError = createError('FST_DRIZZLE_BROKER_UNSUPPORTED', 'Broker "%s" does not support %s, which topic "%s" declares')
+// position() of a topic that no declaration with `history` serves.
+export const NoHistoryError = createError('FST_DRIZZLE_NO_HISTORY', 'Topic "%s" keeps no history: declare it with topic(pattern, { history: { size } })')
 
 /** A VALIDATION_ERROR carrying the list of what was wrong, each with its path. */
 export function validationError (message: string, details: Array<{ path: string, message: string }>): Error & { details: Array<{ path: string, message: string }> } {

@@ -7,6 +7,7 @@ export default drizzle
 export { drizzle, drizzle as fastifyDrizzle }
 export { memoryBroker } from './brokers/memory.js'
 export type { Broker, BrokerFeature, BrokerSink, DeliveryMeta, PublishOptions } from './brokers/types.js'
+export type { BrokerHistory, HistoryEntry, HistoryPolicy, HistoryRead, Position } from './brokers/types.js'
 export type { DrizzleOptions, RateLimitOptions, OriginCheck, HttpOptions, AsyncApiOptions, PlaygroundOptions } from './options.js'
 export type { AsyncApiDocument, AsyncApiServer, AsyncApiCallOptions } from './asyncapi.js'
 export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'

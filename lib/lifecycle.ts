@@ -1,5 +1,6 @@
 import { STATUS_CODES } from 'node:http'
 import { performance } from 'node:perf_hooks'
+import { answered } from './answered.js'
 import { abortContext, type ActionContext } from './context.js'
 import { Deadlines, type DeadlineEntry } from './deadlines.js'
 import { ActionTimeoutError, InternalError, validationError } from './errors.js'
@@ -102,6 +103,7 @@ export class ActionRunner {
     } catch (err) {
       invocation.ctx.log.error({ err }, 'answering the action failed')
     }
+    answered(invocation.ctx)
     this.inFlight--
     if (this.inFlight === 0 && this.drained !== undefined) this.drained()
     // A timed-out action's span lasts until its handler ends: that is how long it held the server.

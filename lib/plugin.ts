@@ -71,7 +71,7 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
     rt.ready()
     // An SDK is looked for once, now: apps register theirs before they start the server.
     rt.tracing?.probe()
-    await rt.broker.attach({ deliver: (topic, data, event, meta) => rt.deliver(topic, data, event, meta), log: fastify.log })
+    await rt.broker.attach({ deliver: (topic, data, event, meta) => rt.deliver(topic, data, event, meta), log: fastify.log, resumed: topics => rt.history.resumed(topics) })
     await rt.broker.subscribe('__all__')
     startHeartbeat(rt)
     startIncompleteSweep(rt)

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import Type from 'typebox'
 import { Compile } from 'typebox/compile'
-import type { Broker, DeliveryMeta, PublishOptions } from './brokers/types.js'
+import type { Broker, DeliveryMeta, Position, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
 import type { ActionContext, ContextHost, DrizzleConnection } from './context.js'
 import {
@@ -12,6 +12,7 @@ import {
   ACTION_HOOKS, APPLICATION_HOOKS, compileHook, isActionHookName, runSafeHooks, type ActionHookName, type ApplicationHookName,
   type CompiledHook
 } from './hooks.js'
+import { History, parseSince } from './history.js'
 import { ActionRunner } from './lifecycle.js'
 import { Stats, type ActionMetrics } from './metrics.js'
 import type { Tracing } from './tracing.js'
@@ -51,6 +52,7 @@ export class Runtime implements ContextHost<Peer> {
   readonly topicActions = new Map<DeclaredTopic, TopicActions>()
   readonly subscriptions: Subscriptions
   readonly broker: Broker
+  readonly history = new History(this)
   /** Open connections of this process, whatever transport opened them. */
   readonly connections = new Set<Peer>()
   readonly parseOptions: ParseOptions
@@ -76,7 +78,7 @@ export class Runtime implements ContextHost<Peer> {
   constructor (readonly root: FastifyInstance, readonly options: ResolvedOptions, readonly log: FastifyBaseLogger) {
     this.broker = options.broker ?? memoryBroker()
     this.parseOptions = { protoAction: options.onProtoPoisoning, constructorAction: options.onConstructorPoisoning }
-    this.subscriptions = new Subscriptions(this.broker, (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
+    this.subscriptions = new Subscriptions(this.followingHistory(this.broker), (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
     this.runner = new ActionRunner(options.actionTimeout)
     this.presence = new PresenceTracker(this)
     this.users = new UserDirectory(this.broker, (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
@@ -98,6 +100,7 @@ export class Runtime implements ContextHost<Peer> {
 
   declareTopic (scope: FastifyInstance, pattern: unknown, options: unknown): void {
     const declared = parsePattern(pattern, options, scope)
+    this.history.declare(declared)
     this.patterns.add(declared)
     // First: the subscribe action of a presence topic differs (it delivers the joiner's $join).
     const presenceGet = this.presence.declare(scope, declared)
@@ -195,6 +198,10 @@ export class Runtime implements ContextHost<Peer> {
         const params = rt.patterns.match(topic)?.params ?? {}
         if (await authorize(ctx, params) !== true) throw new ForbiddenError(`Not allowed to subscribe to "${topic}"`)
       }
+      const policy = rt.history.policyOf(topic)
+      const since = parseSince(message.data as Record<string, unknown>)
+      if (policy !== undefined) return rt.history.subscribe(ctx, ctx.connection as Peer, topic, policy, since)
+      if (since !== undefined) throw validationError(`topic "${topic}" keeps no history: "data.since" is not allowed`, [{ path: '/data/since', message: 'the topic keeps no history' }])
       await rt.subscribe(ctx.connection as Peer, topic, true)
       return { topic, subscribed: true }
     }
@@ -228,6 +235,16 @@ export class Runtime implements ContextHost<Peer> {
     const max = this.options.maxSubscriptions
     if (conn.topics.size - (conn.topics.has(ALL_TOPIC) ? 1 : 0) >= max) throw new TooManySubscriptionsError(max)
     this.subscriptions.add(conn, topic)
+    const policy = this.history.policyOf(topic)
+    if (policy !== undefined) {
+      // History topics are delivered in offset order from the moment the broker serves the topic.
+      try {
+        await this.history.feed(topic, policy).ready
+      } catch (err) {
+        this.subscriptions.remove(conn, topic)
+        throw err
+      }
+    }
     await this.presence.join(conn, topic, deferJoin)
     if (this.appHooks.onSubscribe.length > 0) await runSafeHooks(this.appHooks.onSubscribe, conn.log, 'onSubscribe', conn, topic)
     return true
@@ -251,6 +268,7 @@ export class Runtime implements ContextHost<Peer> {
     for (const t of topics) this.checkTopic(t)
     const event = options?.event
     if (event !== undefined && typeof event !== 'string') throw new InvalidTopicError(`event must be a string, received ${describe(event)}`)
+    if (this.history.enabled) return this.publishWithHistory(topics, data, options)
     const json = JSON.stringify(data) ?? 'null'
     if (this.tracing?.active === true) return this.tracedPublish(topics, json, data, options, from)
     for (const t of topics) this.deliverJson(t, json, event)
@@ -274,13 +292,59 @@ export class Runtime implements ContextHost<Peer> {
     await tracing.endPublish(trace, Promise.all(topics.map(t => this.broker.publish(t, data, carried))).then(() => {}))
   }
 
+  /**
+   * History topics get their position from the broker, which hands the publication back to be
+   * delivered in offset order; other topics are delivered locally at once, as without history.
+   */
+  private async publishWithHistory (topics: readonly string[], data: unknown, options: PublishOptions | undefined): Promise<void> {
+    let json: string | undefined
+    const sent: Array<Promise<unknown>> = []
+    for (const t of topics) {
+      const policy = this.history.policyOf(t)
+      if (policy !== undefined) {
+        sent.push(this.history.publish(t, data, options, policy))
+        continue
+      }
+      json ??= JSON.stringify(data) ?? 'null'
+      this.deliverJson(t, json, options?.event)
+      sent.push(this.broker.publish(t, data, options))
+    }
+    await Promise.all(sent)
+  }
+
+  /** The last position of a history topic (`drizzle.position`, `ctx.position`). */
+  async position (topic: string): Promise<Position> {
+    this.checkTopic(topic)
+    return this.history.position(topic)
+  }
+
+  /** The broker as subscriptions see it: a topic that loses its last local subscriber drops its history feed. */
+  private followingHistory (broker: Broker): Broker {
+    return {
+      subscribe: topic => broker.subscribe(topic),
+      unsubscribe: topic => {
+        this.history.forget(topic)
+        return broker.unsubscribe(topic)
+      }
+    } as Pick<Broker, 'subscribe' | 'unsubscribe'> as Broker
+  }
+
   abortOnClose (conn: Peer, controller: AbortController): void {
     conn.abortOnClose(controller)
   }
 
-  /** What a broker calls with a publication from another process. */
+  /** What a broker calls with a publication from another process (or, for history topics, any). */
   deliver (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void {
     if (this.users.intercept(topic, data, event)) return
+    if (this.history.enabled && this.history.policyOf(topic) !== undefined) {
+      this.history.deliver(topic, data, event, meta)
+      return
+    }
+    this.deliverPlain(topic, data, event, meta)
+  }
+
+  /** Delivers a publication as it came, without a position. */
+  deliverPlain (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void {
     let json: string
     try {
       json = JSON.stringify(data) ?? 'null'

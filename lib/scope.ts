@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { Static, TSchema } from 'typebox'
 import { buildAsyncApi, serverOf, type AsyncApiCallOptions, type AsyncApiDocument } from './asyncapi.js'
-import type { PublishOptions } from './brokers/types.js'
+import type { Position, PublishOptions } from './brokers/types.js'
 import type { PresenceMember } from './brokers/presence.js'
 import type { DisconnectOptions } from './users.js'
 import type { DrizzleConnection } from './context.js'
@@ -72,6 +72,15 @@ export class DrizzleScope {
   /** Closes every connection of `user` on every instance, with `code` (default 4000) and `reason`. */
   disconnectUser (user: string | number, options?: DisconnectOptions): Promise<void> {
     return this.rt.users.disconnectUser(user, options)
+  }
+
+  /**
+   * The last position `{ offset, epoch }` of a topic declared with `history`: return it with the state
+   * an action loads (take it first), and the client subscribes `since` it, so nothing published in
+   * between is missed. Rejects with FST_DRIZZLE_NO_HISTORY for a topic that keeps no history.
+   */
+  position (topic: string): Promise<Position> {
+    return this.rt.position(topic)
   }
 
   /** Open connections of this app (in this process). */

@@ -94,6 +94,11 @@ export interface TopicOptions<D = unknown> {
    * frames to its subscribers; `{ events: false }` keeps the members without the frames.
    */
   presence?: boolean | { events?: boolean }
+  /**
+   * Keep the last `size` publications, dropped `ttl` ms (default 300000) after the last one: every
+   * publication gets a position and subscribers may recover what they missed (README "History and recovery").
+   */
+  history?: false | { size: number, ttl?: number }
   /** Type-level only. */
   '~data'?: D
 }

@@ -102,8 +102,12 @@ export abstract class BaseBroker implements Broker {
       }
       if (message.origin === this.origin) return
       // A trace context is a hint: a malformed one is ignored, never a reason to drop the publication.
-      const traceparent = message.traceparent
-      this.sink?.deliver(topic, message.data, message.event, isTraceparent(traceparent) ? { traceparent } : undefined)
+      const traceparent = isTraceparent(message.traceparent) ? message.traceparent : undefined
+      if (message.offset !== undefined && message.epoch !== undefined) {
+        this.sink?.deliver(topic, message.data, message.event, { offset: message.offset, epoch: message.epoch, traceparent })
+        return
+      }
+      this.sink?.deliver(topic, message.data, message.event, traceparent === undefined ? undefined : { traceparent })
     } catch (err) {
       this.log.error({ broker: this.name, topic, err }, 'Delivering a broker message failed')
     }

@@ -6,6 +6,7 @@ import { DEFAULT_MAX_MESSAGE_BYTES } from './wire.js'
 import { backoffDelay } from './backoff.js'
 import { errorMessage, withTimeout } from './toolkit.js'
 import { RedisPresence } from './redis-presence.js'
+import { LIBRARY, RedisHistory } from './redis-history.js'
 import { fail, logger, optional, positiveInteger, readOptions, silentLogger, string, url, withDefault, type Check } from './options.js'
 
 /**
@@ -91,8 +92,9 @@ export function redisBroker (options: RedisBrokerOptions = {}): Broker {
  * on every new subscriber connection, and the connections it must end at close.
  */
 class RedisBroker extends BaseBroker {
-  readonly features = new Set<BrokerFeature>(['presence'])
+  readonly features: ReadonlySet<BrokerFeature> = new Set(['history', 'presence'])
   readonly presence: RedisPresence
+  readonly history: RedisHistory
   private readonly settings: Settings
   /** Connections this broker created; close() ends them. Never the user's client. */
   private readonly owned: Redis[] = []
@@ -109,6 +111,7 @@ class RedisBroker extends BaseBroker {
       run: command => this.command(command),
       log: () => this.log
     })
+    this.history = new RedisHistory((name, topic, args) => this.callFunction(name, topic, args), (data, event) => this.encodePositioned(data, event), settings.maxMessageBytes)
   }
 
   protected async open (): Promise<void> {
@@ -155,6 +158,41 @@ class RedisBroker extends BaseBroker {
     } catch (err) {
       throw this.unavailable(errorMessage(err), err)
     }
+  }
+
+  /**
+   * Calls one of the history functions (lib/brokers/redis-history.ts) on the publisher connection.
+   * Redis loses its functions when it restarts without persistence: a missing function is loaded
+   * again, and the call made once more.
+   */
+  private async callFunction (name: string, topic: string, args: ReadonlyArray<string | Buffer>): Promise<unknown> {
+    this.checkTopic(topic)
+    if (this.state.closed) throw this.unavailable('closed')
+    const connection = this.publisherConnection()
+    const timeout = this.settings.commandTimeout
+    if (!await whenReady(connection, timeout)) throw this.unavailable(`not connected to Redis (${connection.status})`)
+    const call = (): Promise<unknown> => withTimeout(connection.call('FCALL', name, '1', this.channelOf(topic), ...args), timeout, 'Redis')
+    try {
+      try {
+        return await call()
+      } catch (err) {
+        if (!/function not found/i.test(errorMessage(err))) throw err
+        await withTimeout(connection.call('FUNCTION', 'LOAD', 'REPLACE', LIBRARY), timeout, 'Redis')
+        return await call()
+      }
+    } catch (err) {
+      throw this.unavailable(errorMessage(err), err)
+    }
+  }
+
+  /** A history publication: no origin, since it must come back to this instance to be delivered in order. */
+  private encodePositioned (data: unknown, event: unknown): Buffer {
+    if (event !== undefined && typeof event !== 'string') fail('event', 'expected a string', event)
+    const body = Buffer.from(JSON.stringify(event === undefined ? { data: data ?? null } : { data: data ?? null, event }))
+    if (body.length > this.settings.maxMessageBytes) {
+      throw this.unavailable(`message of ${body.length} bytes exceeds maxMessageBytes (${this.settings.maxMessageBytes})`)
+    }
+    return body
   }
 
   protected async release (): Promise<void> {
@@ -224,13 +262,17 @@ class RedisBroker extends BaseBroker {
   // subscribed while Redis was down and drops those unsubscribed meanwhile.
   private resubscribeAll (connection: Redis): void {
     if (this.state.closed) return
-    const channels = [...this.topics].map((topic) => this.channelOf(topic))
+    const topics = [...this.topics]
+    const channels = topics.map((topic) => this.channelOf(topic))
+    const done: Array<Promise<unknown>> = []
     for (let i = 0; i < channels.length; i += RESUBSCRIBE_CHUNK) {
-      connection.subscribe(...channels.slice(i, i + RESUBSCRIBE_CHUNK)).catch((err: Error) => {
-        // The connection dropped again; the next 'ready' retries.
-        this.log.warn({ broker: NAME, err }, 'Redis broker could not resubscribe')
-      })
+      done.push(connection.subscribe(...channels.slice(i, i + RESUBSCRIBE_CHUNK)))
     }
+    // Once every topic flows again, the plugin reads back from history what was published meanwhile.
+    Promise.all(done).then(() => { if (topics.length > 0) this.sink?.resumed?.(topics) }, (err: Error) => {
+      // The connection dropped again; the next 'ready' retries.
+      this.log.warn({ broker: NAME, err }, 'Redis broker could not resubscribe')
+    })
   }
 
   // Runs inside ioredis's parser: receive() lets nothing escape, which would break the connection.

@@ -55,6 +55,12 @@ export interface DeliveryMeta {
 export interface BrokerSink {
   deliver (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void
   log: FastifyBaseLogger
+  /**
+   * The broker's subscription to these topics was made again after it dropped (outage, or a server
+   * that closed a slow subscriber): publications made meanwhile were not received. The plugin reads
+   * them back from history (history topics only).
+   */
+  resumed? (topics: readonly string[]): void
 }
 
 /**
@@ -69,6 +75,8 @@ export interface Broker {
   readonly features?: ReadonlySet<BrokerFeature>
   /** The shared member lists of presence topics; present when `features` has 'presence'. */
   readonly presence?: BrokerPresence
+  /** Topic history (feature `history`): positions assigned by the broker, and what was missed. */
+  readonly history?: BrokerHistory
   /** Called once by the plugin before the server starts listening. */
   attach (sink: BrokerSink): Promise<void>
   /**
@@ -88,4 +96,43 @@ export interface Broker {
   publish (topic: string, data: unknown, options?: PublishOptions): Promise<void>
   /** Releases what the broker created; never closes a client the user passed in. Idempotent. */
   close (): Promise<void>
+}
+
+// ---- history (README "History and recovery") ----------------------------------------------------
+
+/** Where a publication stands in its topic's history; `epoch` changes whenever that history is lost. */
+export interface Position {
+  offset: number
+  epoch: string
+}
+
+/** How much history a topic keeps: the last `size` publications, dropped `ttl` ms after the last one. */
+export interface HistoryPolicy {
+  size: number
+  ttl: number
+}
+
+export interface HistoryEntry {
+  offset: number
+  data: unknown
+  event?: string
+}
+
+/** The topic's current position, and the publications it still holds after the offset asked for, in order. */
+export interface HistoryRead extends Position {
+  entries: HistoryEntry[]
+}
+
+/**
+ * What a broker with the `history` feature does. Positions are assigned by the broker's server in one
+ * atomic step with the append and the publication, so every process sees the same offsets. A history
+ * publication comes back to its own process through the sink (it is not skipped as an echo): the
+ * plugin delivers history topics in offset order only.
+ */
+export interface BrokerHistory {
+  publish (topic: string, data: unknown, options: PublishOptions | undefined, policy: HistoryPolicy): Promise<Position>
+  /** The last assigned position (offset 0 before any publication); starts the topic's epoch if it has none. */
+  position (topic: string, policy: HistoryPolicy): Promise<Position>
+  /** Publications after `after` that the history still holds. */
+  read (topic: string, after: number, policy: HistoryPolicy): Promise<HistoryRead>
 }

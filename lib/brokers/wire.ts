@@ -11,6 +11,9 @@ export interface BrokerMessage {
   origin?: string
   /** W3C trace context of the publishing span (PROTOCOL.md, Trace context); optional, ignored when malformed. */
   traceparent?: string
+  /** Position of a history publication, set by the broker's server (README "History and recovery"). */
+  offset?: number
+  epoch?: string
 }
 
 /** `version-traceid-spanid-flags`, lowercase hex, as W3C Trace Context level 1 writes it (version ff is invalid). */
@@ -54,6 +57,8 @@ export function decodeBrokerMessage (raw: string | Buffer, maxBytes = DEFAULT_MA
   const message = parsed as BrokerMessage
   if (message.event !== undefined && typeof message.event !== 'string') return '"event" is not a string'
   if (message.origin !== undefined && typeof message.origin !== 'string') return '"origin" is not a string'
+  if (message.offset !== undefined && (!Number.isSafeInteger(message.offset) || message.offset < 1)) return '"offset" is not a positive integer'
+  if (message.epoch !== undefined && typeof message.epoch !== 'string') return '"epoch" is not a string'
   return message
 }
 

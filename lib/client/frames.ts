@@ -30,6 +30,7 @@ interface Frame {
   details?: unknown
   topic?: unknown
   event?: unknown
+  offset?: unknown
 }
 
 /** `{"resource", "action", "data"?, "request_id"}`: `data` left out when there is none. */
@@ -54,7 +55,9 @@ export function classifyFrame (raw: unknown): Incoming {
 }
 
 function toPublication (topic: string, frame: Frame): Publication {
-  return { topic, data: frame.data, ...(typeof frame.event === 'string' ? { event: frame.event } : {}) }
+  const publication: Publication = { topic, data: frame.data, ...(typeof frame.event === 'string' ? { event: frame.event } : {}) }
+  if (Number.isSafeInteger(frame.offset)) publication.offset = frame.offset as number
+  return publication
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true })

@@ -20,7 +20,7 @@ import { resolveOptions, type DrizzleClientOptions, type RequestOptions } from '
 import { PendingRequests } from './requests.js'
 import { ClientTopics } from './topics.js'
 import type {
-  ActionName, ClientEvents, ClientState, ConnectOption, PresenceMember, RequestData, RequestReply, ResourceName, TopicData,
+  ActionName, ClientEvents, ClientState, ConnectOption, PresenceMember, RequestData, RequestReply, ResourceName, SubscribeOptions, TopicData,
   TopicListener, TopicName, Unsubscribe
 } from './types.js'
 
@@ -28,8 +28,8 @@ export { DrizzleClientError } from './errors.js'
 export type { DrizzleClientErrorOptions, DrizzleClientErrorType } from './errors.js'
 export type { DrizzleClientOptions, ReconnectOptions, RequestOptions } from './options.js'
 export type {
-  ActionName, ClientEvents, ClientState, ConnectOption, ConnectTarget, PresenceEvent, PresenceListener, PresenceMember, Publication, RequestData, RequestReply,
-  ResourceName, TopicData, TopicListener, TopicName, Unsubscribe, WebSocketConstructor, WebSocketLike
+  ActionName, ClientEvents, ClientState, ConnectOption, ConnectTarget, PresenceEvent, PresenceListener, PresenceMember, Position, Publication, RecoveryResult,
+  RequestData, RequestReply, ResourceName, SubscribeOptions, TopicData, TopicListener, TopicName, Unsubscribe, WebSocketConstructor, WebSocketLike
 } from './types.js'
 
 /** `data` may be left out when the action's data type accepts undefined (no schema: unknown). */
@@ -88,9 +88,14 @@ export class DrizzleClient<Api extends AnyApi = AnyApi> {
    * last listener of a topic to leave sends `$topic/unsubscribe`. A refusal (FORBIDDEN,
    * TOPIC_NOT_FOUND, ...) is emitted as an `error` event (with `topic` set), rejects `ready`, and
    * drops the topic's listeners.
+   *
+   * On a topic that keeps history the subscription remembers its last position: after a reconnect,
+   * or when an offset is missing (a publication dropped for a slow consumer), it subscribes again
+   * `since` that position and gets what it missed, in order, each once; `options.since` starts from a
+   * known position; `options.onRecovery` says when what was missed could not be recovered.
    */
-  subscribe<T extends TopicName<Api>> (topic: T, listener: TopicListener<TopicData<Api, T>>): Unsubscribe {
-    return this.topics.subscribe(topic, listener)
+  subscribe<T extends TopicName<Api>> (topic: T, listener: TopicListener<TopicData<Api, T>>, options?: SubscribeOptions): Unsubscribe {
+    return this.topics.subscribe(topic, listener, options)
   }
 
   /**

@@ -4,7 +4,8 @@
 import { DrizzleClientError, isClientError, withTopic } from './errors.js'
 import { callSafely, noop, type Emitter } from './emitter.js'
 import type { Link, PendingRequests } from './requests.js'
-import type { ClientEvents, PresenceEvent, PresenceListener, PresenceMember, Publication, TopicListener, Unsubscribe } from './types.js'
+import { TopicCursor } from './history.js'
+import type { ClientEvents, PresenceEvent, PresenceListener, PresenceMember, Publication, SubscribeOptions, TopicListener, Unsubscribe } from './types.js'
 
 const TOPIC_RESOURCE = '$topic'
 /** Presence frames go to presence listeners (Unsubscribe.on), never to data listeners: their data is a member. */
@@ -15,6 +16,8 @@ interface TopicState {
   readonly listeners: Set<TopicListener<any>>
   /** Presence listeners of every handle of the topic. */
   readonly presence: Set<{ event: PresenceEvent, listener: PresenceListener }>
+  /** Positions on topics that keep history (lib/client/history.ts). */
+  readonly cursor: TopicCursor
   readonly ready: Promise<void>
   /** Resolves `ready`, or rejects it with `error`; only the first call counts. */
   setReady: (error?: unknown) => void
@@ -25,6 +28,8 @@ export class ClientTopics {
   private readonly listeners = new Map<string, Set<TopicListener<any>>>()
   /** Per topic, the tail of its $topic requests: a subscribe and a later unsubscribe never overtake each other. */
   private readonly topicOps = new Map<string, Promise<unknown>>()
+  /** Timers of history re-subscriptions to ask again (see retryLater). */
+  private readonly retries = new Set<ReturnType<typeof setTimeout>>()
 
   constructor (
     private readonly link: Pick<Link, 'state'>,
@@ -33,20 +38,21 @@ export class ClientTopics {
   ) {}
 
   /** See DrizzleClient.subscribe. */
-  subscribe (topic: string, listener: TopicListener<any>): Unsubscribe {
+  subscribe (topic: string, listener: TopicListener<any>, options?: SubscribeOptions): Unsubscribe {
     if (this.link.state === 'closed') {
-      const dead = newTopicState()
+      const dead = newTopicState(topic, undefined)
       dead.setReady(new DrizzleClientError('disconnect', 'Client is closed', { topic }))
       return Object.assign(() => {}, { ready: dead.ready, on: () => noop })
     }
     let state = this.topics.get(topic)
     if (state === undefined) {
-      state = newTopicState()
+      state = newTopicState(topic, options?.since)
       this.topics.set(topic, state)
       // Not open yet: the next open renews every topic in the map.
       if (this.link.state === 'open') this.sendSubscribe(topic, state)
     }
     state.listeners.add(listener)
+    if (options?.onRecovery !== undefined) state.cursor.onRecovery.set(listener, options.onRecovery)
     const current = state
     const own = new Set<{ event: PresenceEvent, listener: PresenceListener }>()
     const stop = (): void => {
@@ -85,7 +91,9 @@ export class ClientTopics {
       return
     }
     const subscribed = this.topics.get(frame.topic)
-    if (subscribed !== undefined) for (const fn of [...subscribed.listeners]) callSafely(fn, frame.data, frame)
+    if (subscribed !== undefined && subscribed.cursor.accept(frame, deliverTo(subscribed)) && this.link.state === 'open') {
+      this.sendSubscribe(frame.topic, subscribed)
+    }
     const listening = this.listeners.get(frame.topic)
     if (listening !== undefined) for (const fn of [...listening]) callSafely(fn, frame.data, frame)
   }
@@ -103,10 +111,13 @@ export class ClientTopics {
 
   /** The client stopped for good: every unconfirmed subscription rejects its `ready`. */
   failAll (why: string): void {
+    for (const timer of this.retries) clearTimeout(timer)
+    this.retries.clear()
     for (const [topic, state] of this.topics) state.setReady(new DrizzleClientError('disconnect', why, { topic }))
   }
 
   private unsubscribe (topic: string, state: TopicState, listener: TopicListener<any>): void {
+    state.cursor.onRecovery.delete(listener)
     if (!state.listeners.delete(listener) || state.listeners.size > 0 || this.topics.get(topic) !== state) return
     this.topics.delete(topic)
     state.setReady(new DrizzleClientError('disconnect', 'Unsubscribed before the server confirmed', { topic }))
@@ -118,16 +129,35 @@ export class ClientTopics {
   }
 
   private sendSubscribe (topic: string, state: TopicState): void {
-    this.topicOp(topic, () => this.requests.add(TOPIC_RESOURCE, 'subscribe', { topic })).then(() => {
+    const data = state.cursor.request()
+    this.topicOp(topic, () => this.requests.add(TOPIC_RESOURCE, 'subscribe', data)).then(reply => {
       state.setReady()
+      const gap = state.cursor.replied(reply, data.since, deliverTo(state))
+      if (gap && this.link.state === 'open' && this.topics.get(topic) === state) this.sendSubscribe(topic, state)
     }, (err: unknown) => {
+      state.cursor.failed()
       // A disconnect is not a refusal: the next open renews the subscription.
       if (isClientError(err) && err.type === 'disconnect') return
       const error = isClientError(err) ? withTopic(err, topic) : new DrizzleClientError('protocol', String(err), { topic, cause: err })
+      if (state.cursor.position !== undefined && isTransient(error)) {
+        // A history subscription the server could not renew now (its broker away, or slow): giving
+        // up would lose publications silently, so it asks again a little later.
+        this.events.emit('error', error)
+        this.retryLater(topic, state)
+        return
+      }
       if (error.type === 'server' && this.topics.get(topic) === state) this.topics.delete(topic)
       state.setReady(error)
       this.events.emit('error', error)
     })
+  }
+
+  private retryLater (topic: string, state: TopicState): void {
+    const timer = setTimeout(() => {
+      this.retries.delete(timer)
+      if (this.link.state === 'open' && this.topics.get(topic) === state) this.sendSubscribe(topic, state)
+    }, RETRY_MIN_MS + Math.floor(Math.random() * RETRY_MIN_MS))
+    this.retries.add(timer)
   }
 
   private topicOp (topic: string, op: () => Promise<unknown>): Promise<unknown> {
@@ -140,12 +170,25 @@ export class ClientTopics {
   }
 }
 
-function newTopicState (): TopicState {
+/** Milliseconds before a failed history re-subscription asks again (plus as much at random). */
+const RETRY_MIN_MS = 250
+
+/** A timeout or a 5xx: the server may serve the same request a moment later. */
+function isTransient (error: DrizzleClientError): boolean {
+  return error.type === 'timeout' || (error.type === 'server' && (error.statusCode ?? 500) >= 500)
+}
+
+/** Hands a publication to every listener of a subscription. */
+function deliverTo (state: TopicState): (frame: Publication) => void {
+  return frame => { for (const fn of [...state.listeners]) callSafely(fn, frame.data, frame) }
+}
+
+function newTopicState (topic: string, since: SubscribeOptions['since']): TopicState {
   let setReady: (error?: unknown) => void = noop
   const ready = new Promise<void>((resolve, reject) => {
     setReady = error => { if (error === undefined) resolve(); else reject(error) }
   })
   // Marks the promise handled: a refusal is also an `error` event, and awaiting `ready` is optional.
   ready.catch(noop)
-  return { listeners: new Set(), presence: new Set(), ready, setReady }
+  return { listeners: new Set(), presence: new Set(), cursor: new TopicCursor(topic, since), ready, setReady }
 }

@@ -54,11 +54,39 @@ export type TopicData<Api extends AnyApi, T extends string> = T extends keyof Ap
 
 // ---- what callbacks receive ---------------------------------------------------------------------
 
-/** A publication frame: `{"topic", "data", "event"?}`. */
+/** A publication frame: `{"topic", "data", "event"?, "offset"?}` (`offset` on topics that keep history). */
 export interface Publication<D = unknown> {
   topic: string
   data: D
   event?: string
+  /** Position of the publication in its topic's history (history topics only). */
+  offset?: number
+}
+
+/** A position in a topic's history, as the server gives it (subscribe replies, `ctx.position`). */
+export interface Position {
+  offset: number
+  epoch: string
+}
+
+/** What a history subscription learnt from a subscribe reply that asked for what was missed. */
+export interface RecoveryResult {
+  topic: string
+  /** False: publications were lost (too old, another epoch); the app should reload its state. */
+  recovered: boolean
+  /** Where the subscription stands now. */
+  offset: number
+  epoch: string
+}
+
+export interface SubscribeOptions {
+  /** Start from a known position (e.g. the one an action returned with the state it loaded). */
+  since?: Position
+  /**
+   * Called after each re-subscription that asked for what was missed (`since`, a reconnect, a gap in
+   * offsets): `recovered: false` means publications were lost and the app must reload its state.
+   */
+  onRecovery?: (result: RecoveryResult) => void
 }
 
 export type TopicListener<D = unknown> = (data: D, frame: Publication<D>) => void

@@ -153,7 +153,8 @@ export class History {
     feed.hold(conn, hold)
     let added = false
     try {
-      added = await this.rt.subscribe(conn, topic)
+      // Called by the $topic/subscribe action only: a presence topic's $join follows its reply.
+      added = await this.rt.subscribe(conn, topic, true)
       await feed.ready
       // A position is judged against the broker's epoch now, not the one this process saw last.
       if (since !== undefined) await feed.sync()

@@ -342,3 +342,26 @@ test('the AsyncAPI document describes positions, since and recovered', async t =
   const reply = messages.find(m => m.title === '$topic.subscribe reply').payload.properties.data
   assert.deepEqual(Object.keys(reply.properties), ['topic', 'subscribed', 'offset', 'epoch', 'recovered'])
 })
+
+test('a topic with history and presence: $join follows the subscribe reply, carries no offset, and is not replayed', async t => {
+  const app = await build(t, {}, app => { app.drizzle.topic('both/:id', { history: { size: 10 }, presence: true }) })
+  const first = await inject(t, app)
+  const second = await inject(t, app)
+  await subscribe(first, 'both/1')
+  await app.drizzle.publish('both/1', { n: 1 })
+  await first.waitFor(f => f.topic === 'both/1' && f.event === undefined)
+  const reply = await subscribe(second, 'both/1', { offset: 0, epoch: (await app.drizzle.position('both/1')).epoch })
+  assert.equal(reply.data.recovered, true)
+  await second.waitFor(f => f.topic === 'both/1' && f.event === '$join')
+  assert.deepEqual(second.frames.slice(0, second.frames.indexOf(reply)).filter(f => f.topic === 'both/1'), [], 'nothing of the topic before the reply')
+  const own = after(second, reply, 'both/1')
+  assert.deepEqual(own.filter(f => f.event === undefined).map(f => [f.offset, f.data]), [[1, { n: 1 }]], 'the replay')
+  const join = own.find(f => f.event === '$join') as Frame
+  assert.equal('offset' in join, false, '$join carries no position')
+  await first.waitFor(f => f.topic === 'both/1' && f.event === '$join' && (f.data as { connection: string }).connection === (join.data as { connection: string }).connection)
+  // Joins and leaves are not history: a later recovery replays publications only.
+  const third = await inject(t, app)
+  const again = await subscribe(third, 'both/1', { offset: 0, epoch: reply.data.epoch })
+  await third.waitFor(f => f.topic === 'both/1' && f.event === '$join')
+  assert.deepEqual(after(third, again, 'both/1').filter(f => f.event !== '$join').map(f => f.offset), [1])
+})

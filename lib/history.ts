@@ -1,10 +1,20 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { afterAnswer } from './answered.js'
-import type { BrokerHistory, DeliveryMeta, HistoryPolicy, HistoryRead, Position, PublishOptions } from './brokers/types.js'
+import type { Broker, BrokerHistory, DeliveryMeta, HistoryPolicy, HistoryRead, Position, PublishOptions } from './brokers/types.js'
 import { describe, InvalidTopicError, NoHistoryError, validationError } from './errors.js'
 import { Feed, Hold, type Held } from './history-feed.js'
-import type { Peer, Runtime } from './runtime.js'
-import { ALL_TOPIC, type DeclaredTopic } from './topics.js'
+import { ALL_TOPIC, type DeclaredTopic, type Peer, type Subscriptions, type TopicPatterns } from './topics.js'
+
+/** What history needs of the core (the Runtime), named here so that the core's imports do not come back. */
+export interface HistoryHost {
+  readonly broker: Broker
+  readonly log: FastifyBaseLogger
+  readonly patterns: TopicPatterns
+  readonly subscriptions: Subscriptions
+  subscribe (conn: Peer, topic: string, deferJoin?: boolean): Promise<boolean>
+  unsubscribe (conn: Peer, topic: string): Promise<boolean>
+  deliverPlain (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void
+}
 
 // Topic history (README "History and recovery"): declared topics with `history: { size, ttl }` get
 // positions from the broker, subscriptions `since` a position replay what was missed, and this
@@ -65,7 +75,7 @@ export class History {
   /** Whether any declared topic keeps history: when none does, publishing pays nothing for it. */
   enabled = false
 
-  constructor (private readonly rt: Runtime) {}
+  constructor (private readonly rt: HistoryHost) {}
 
   get log (): FastifyBaseLogger { return this.rt.log }
 

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import Type from 'typebox'
 import { Compile } from 'typebox/compile'
 import { JOIN_EVENT, LEAVE_EVENT, type BrokerPresence, type PresenceMember } from './brokers/presence.js'
@@ -6,8 +6,17 @@ import type { DrizzleConnection } from './context.js'
 import { ActionNotFoundError, BrokerUnsupportedError, ForbiddenError, InvalidTopicError, TopicNotFoundError, describe, validationError } from './errors.js'
 import { MAX_NAME_LENGTH, type Envelope } from './protocol.js'
 import { compileAction, type CompiledAction } from './resources.js'
-import type { Peer, Runtime } from './runtime.js'
-import { checkTopic, type DeclaredTopic } from './topics.js'
+import type { Broker } from './brokers/types.js'
+import { checkTopic, type DeclaredTopic, type Peer, type Subscriptions, type TopicPatterns } from './topics.js'
+
+/** What presence needs of the core (the Runtime), named here so that the core's imports do not come back. */
+export interface PresenceHost {
+  readonly broker: Broker
+  readonly log: FastifyBaseLogger
+  readonly patterns: TopicPatterns
+  readonly subscriptions: Subscriptions
+  topicProblem (topic: unknown): string | undefined
+}
 
 // Presence of declared topics (README "Presence"): which connections are subscribed, on every
 // instance, `$presence/get`, and the `$join`/`$leave` frames. The broker keeps the shared member
@@ -50,7 +59,7 @@ export class PresenceTracker {
   /** Presence topics each local connection joined; a connection is removed with its last one. */
   private readonly joined = new Map<Peer, Map<string, Membership>>()
 
-  constructor (private readonly rt: Runtime) {}
+  constructor (private readonly rt: PresenceHost) {}
 
   /** Called for each declared topic; returns the `$presence/get` action when it has presence. */
   declare (scope: FastifyInstance, declared: DeclaredTopic): CompiledAction | undefined {

@@ -21,21 +21,14 @@ import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
 import { PRESENCE_RESOURCE, PresenceTracker } from './presence.js'
 import { isUserTopic, UserDirectory } from './users.js'
-import { ALL_TOPIC, featuresOf, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
+import { ALL_TOPIC, featuresOf, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Peer } from './topics.js'
+
+export type { Peer } from './topics.js'
 
 const TOPIC_RESOURCE = '$topic'
 const topicData = Compile(Type.Object({ topic: Type.String({ minLength: 1, maxLength: MAX_NAME_LENGTH }) }))
 
 interface TopicActions { subscribe: CompiledAction, unsubscribe: CompiledAction }
-
-/** A connection as the core knows it: what handlers see, plus what subscriptions need. */
-export interface Peer extends Subscriber, DrizzleConnection {
-  readonly topics: Set<string>
-  /** True once the connection stopped being served (closed, or being closed for breaking a limit). */
-  readonly closed: boolean
-  /** Aborts `controller` when the connection closes. */
-  abortOnClose (controller: AbortController): void
-}
 
 /** Called with the actions of each resource declared, so a transport (HTTP) can serve them too. */
 export type DeclarationListener = (scope: FastifyInstance, actions: ReadonlyMap<string, CompiledAction>) => void

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import type { Broker, BrokerFeature } from './brokers/types.js'
+import type { DrizzleConnection } from './context.js'
 import { InvalidTopicError, DuplicateTopicError, describe } from './errors.js'
 import { checkTopic } from './brokers/topic.js'
 import { encodePublicationJson } from './protocol.js'
@@ -14,6 +15,15 @@ export interface Subscriber {
   readonly topics: Set<string>
   /** Writes a publication frame, unless the subscriber is too slow or closed; true when written. */
   sendPublication (frame: Buffer): boolean
+}
+
+/** A connection as the core knows it: what handlers see, plus what subscriptions need. */
+export interface Peer extends Subscriber, DrizzleConnection {
+  readonly topics: Set<string>
+  /** True once the connection stopped being served (closed, or being closed for breaking a limit). */
+  readonly closed: boolean
+  /** Aborts `controller` when the connection closes. */
+  abortOnClose (controller: AbortController): void
 }
 
 export interface TopicOptions<Ctx = unknown> {

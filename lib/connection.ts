@@ -3,14 +3,15 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { ActionContext, controllerOf, type DrizzleConnectionStore } from './context.js'
-import { ConnectionClosedError, ShuttingDownError, TooManyRequestsError } from './errors.js'
+import { ConnectionClosedError, DuplicateStreamError, ShuttingDownError, TooManyRequestsError } from './errors.js'
 import { runSafeHooks } from './hooks.js'
 import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecycle.js'
-import { encodeError, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
+import { encodeError, encodeId, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type RequestIdValue, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
 import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
+import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from './stream.js'
 
 // The WebSocket transport: one Connection owns one socket's loop. Inbound (handle*): frames, pongs,
 // close. Outbound (send*): replies and publications, each with its backpressure rule. Nothing else
@@ -21,7 +22,7 @@ export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
 /** A Buffer holding UTF-8 JSON still goes out as a text frame. */
 const TEXT_FRAME = { binary: false }
 
-export class Connection implements Peer, Answer, SocketOwner {
+export class Connection implements Peer, Answer, SocketOwner, StreamWriter, Cancellable {
   readonly id = randomUUID()
   readonly store: DrizzleConnectionStore = Object.create(null)
   readonly topics = new Set<string>()
@@ -50,6 +51,10 @@ export class Connection implements Peer, Answer, SocketOwner {
   private incompleteSince = 0
   /** Set by each complete message, cleared by measureIncomplete(). */
   private completedMessage = false
+  /** Requests in flight by id, for `$request/cancel` (lib/stream.ts). */
+  private readonly requests = new RequestTable()
+  /** Streams paused until this socket drains (lib/stream.ts). */
+  private drainWaiters: Array<() => void> | undefined
 
   constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly rt: Runtime) {
     this.log = request.log
@@ -114,8 +119,10 @@ export class Connection implements Peer, Answer, SocketOwner {
   private run (action: CompiledAction, message: Envelope): void {
     const ctx = new ActionContext(this.rt, this, action.resource, action.action, message.request_id, action.scope)
     this.inFlight++
+    const invocation = new Invocation(action, message, ctx, this)
+    this.requests.add(invocation)
     // run() never rejects: failures are answered or logged there.
-    this.rt.runner.run(new Invocation(action, message, ctx, this))
+    this.rt.runner.run(invocation)
   }
 
   /**
@@ -229,6 +236,8 @@ export class Connection implements Peer, Answer, SocketOwner {
       for (const controller of this.signals) controller.abort(reason)
       this.signals = undefined
     }
+    // Paused streams see the socket gone and close their generators.
+    this.wakeWriters()
     if (rt.appHooks.onUnsubscribe.length > 0) {
       for (const topic of topics) runSafeHooks(rt.appHooks.onUnsubscribe, this.log, 'onUnsubscribe', this, topic).catch(() => {})
     }
@@ -252,6 +261,7 @@ export class Connection implements Peer, Answer, SocketOwner {
   /** The handler has ended (Answer): its in-flight slot is free. */
   ended (invocation: Invocation): void {
     this.inFlight--
+    this.requests.delete(invocation)
     if (this.signals !== undefined && this.signals.size > 0) {
       const controller = controllerOf(invocation.ctx)
       if (controller !== undefined) this.signals.delete(controller)
@@ -329,6 +339,56 @@ export class Connection implements Peer, Answer, SocketOwner {
   drained (): void {
     this.watchingDrain = false
     this.measureBacklog()
+    this.wakeWriters()
+  }
+
+  // ---- streams (lib/stream.ts) ----------------------------------------------------------------
+
+  /** Answer: a stream's items come back here; a stream reusing an id in flight is refused. */
+  streamWriter (invocation: Invocation): StreamWriter | Error {
+    return this.requests.owns(invocation) ? this : new DuplicateStreamError(encodeId(invocation.message.request_id))
+  }
+
+  item (invocation: Invocation, json: string): void {
+    this.sendReply(encodeItem(json, invocation.message.request_id))
+  }
+
+  /** Under the slow-consumer bound: a stream is pulled only then, whatever the slowConsumer policy. */
+  writable (): boolean {
+    const buffered = this.measureBacklog()
+    return buffered <= this.rt.options.maxBufferedBytes && !this.overTotal(buffered)
+  }
+
+  /**
+   * Wakes `wake` when the TCP socket drains. 'drain' only follows a write the socket refused; a
+   * backlog of corked bytes that were never refused is looked at again on the next turn instead.
+   */
+  onWritable (wake: () => void): void {
+    const raw = rawSocketOf(this.socket)
+    if (this.isClosed || raw === undefined || raw.destroyed || !raw.writableNeedDrain) {
+      setImmediate(wake)
+      return
+    }
+    (this.drainWaiters ??= []).push(wake)
+    if (!this.watchingDrain) {
+      this.watchingDrain = true
+      raw.once('drain', onRawDrain)
+    }
+  }
+
+  get gone (): boolean { return this.isClosed }
+
+  private wakeWriters (): void {
+    const waiters = this.drainWaiters
+    if (waiters === undefined) return
+    this.drainWaiters = undefined
+    for (const wake of waiters) wake()
+  }
+
+  /** `$request/cancel`: the request in flight with that id on this connection, if any. */
+  cancel (requestId: RequestIdValue, by: Envelope): Promise<boolean> {
+    const target = this.requests.find(requestId, by)
+    return target === undefined ? Promise.resolve(false) : this.rt.runner.cancel(target)
   }
 
   /** Past maxBufferedBytesTotal, every socket with a backlog is a slow consumer. */

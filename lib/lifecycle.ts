@@ -2,10 +2,11 @@ import { STATUS_CODES } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { abortContext, type ActionContext } from './context.js'
 import { Deadlines, type DeadlineEntry } from './deadlines.js'
-import { ActionTimeoutError, InternalError, validationError } from './errors.js'
+import { ActionTimeoutError, CancelledError, InternalError, StreamNotSupportedError, validationError } from './errors.js'
 import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
 import { dataErrors, type Envelope, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
+import { isStream, pump, type StreamClock, type Streamed, type StreamWriter } from './stream.js'
 
 // The life of one action, whatever carried it (a WebSocket frame or an HTTP request): hooks,
 // validation, handler, onSend, reply serialization, errors, and the time limit. A transport builds an
@@ -19,6 +20,11 @@ export interface Answer {
   fail (invocation: Invocation, error: WireError): void
   /** The handler has ended (after the answer, or long after a timeout). */
   ended (invocation: Invocation): void
+  /**
+   * Where a streaming handler's items go (lib/stream.ts), or the error that refuses the stream.
+   * A transport without it cannot stream: such a handler is answered with an error.
+   */
+  streamWriter? (invocation: Invocation): StreamWriter | Error
 }
 
 /** One action being run: what the lifecycle tracks beside the handler's context. */
@@ -31,6 +37,10 @@ export class Invocation implements DeadlineEntry {
   prevDeadline: DeadlineEntry | undefined = undefined
   nextDeadline: DeadlineEntry | undefined = undefined
   tracked = false
+  /** Set when `$request/cancel` stopped it and the client was answered CANCELLED. */
+  cancelled = false
+  /** Resumes a stream paused for backpressure, so a cancellation is seen at once. */
+  wake: (() => void) | undefined = undefined
 
   constructor (
     readonly action: CompiledAction,
@@ -49,6 +59,16 @@ export class ActionRunner {
   inFlight = 0
   private readonly deadlines = new Deadlines<Invocation>(invocation => this.expire(invocation))
   private drained: (() => void) | undefined
+  /** A stream's time limit covers each pull, not the time it waits for a slow peer (lib/stream.ts). */
+  private readonly clock: StreamClock = {
+    arm: invocation => {
+      const limit = this.timeLimit(invocation.action)
+      if (limit <= 0) return
+      this.deadlines.delete(invocation)
+      this.deadlines.add(invocation, limit)
+    },
+    disarm: invocation => this.deadlines.delete(invocation)
+  }
 
   constructor (private readonly defaultLimit: number) {}
 
@@ -77,16 +97,18 @@ export class ActionRunner {
     let json: string | undefined
     let error: WireError | undefined
     try {
-      json = await execute(invocation.action, invocation.message, invocation.ctx)
+      const result = await execute(invocation.action, invocation.message, invocation.ctx)
+      json = typeof result === 'string' ? result : await this.stream(invocation, result)
     } catch (err) {
-      // After a timeout a late failure changes nothing: the client was answered already.
-      if (!invocation.timedOut) error = await failure(invocation, err)
+      // After a timeout or a cancel a late failure changes nothing: the client was answered already.
+      if (!answered(invocation)) error = await failure(invocation, err)
     }
     if (limit > 0) this.deadlines.delete(invocation)
     try {
-      if (!invocation.timedOut) {
+      // Neither a reply nor an error: a stream stopped because its peer is gone.
+      if (!answered(invocation)) {
         if (json !== undefined) invocation.answer.reply(invocation, json)
-        else invocation.answer.fail(invocation, error as WireError)
+        else if (error !== undefined) invocation.answer.fail(invocation, error)
       }
     } catch (err) {
       invocation.ctx.log.error({ err }, 'answering the action failed')
@@ -96,9 +118,37 @@ export class ActionRunner {
     invocation.answer.ended(invocation)
   }
 
+  /** Streams the handler's items through the transport's writer; see lib/stream.ts. */
+  private async stream (invocation: Invocation, stream: Streamed): Promise<string | undefined> {
+    const writer = invocation.answer.streamWriter?.(invocation) ?? new StreamNotSupportedError()
+    if (writer instanceof Error) {
+      await stream[Symbol.asyncIterator]().return?.()
+      throw writer
+    }
+    return await pump(invocation, stream, writer, this.clock)
+  }
+
+  /**
+   * `$request/cancel`: aborts ctx.signal, answers CANCELLED now (after onError hooks), and lets a
+   * stream see it at its next step. The handler keeps its in-flight slot until it really ends.
+   * Resolves to false when the action was answered already.
+   */
+  async cancel (invocation: Invocation): Promise<boolean> {
+    if (answered(invocation)) return false
+    invocation.cancelled = true
+    this.deadlines.delete(invocation)
+    const error = new CancelledError()
+    abortContext(invocation.ctx, error)
+    invocation.wake?.()
+    invocation.answer.fail(invocation, await failure(invocation, error))
+    return true
+  }
+
   /** The sweep found an action overdue: answer ACTION_TIMEOUT now and run onTimeout. */
   private expire (invocation: Invocation): void {
+    if (invocation.cancelled) return
     invocation.timedOut = true
+    invocation.wake?.()
     const error = new ActionTimeoutError(this.timeLimit(invocation.action))
     abortContext(invocation.ctx, error)
     failure(invocation, error)
@@ -121,11 +171,15 @@ export class ActionRunner {
   }
 }
 
-/** Hooks, validation, handler, onSend, serialization: resolves to the serialized data. */
-async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string> {
+/**
+ * Hooks, validation, handler, onSend, serialization: resolves to the serialized data, or to the
+ * stream a streaming handler returned (its onSend hooks run on its final value, in lib/stream.ts).
+ */
+async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string | Streamed> {
   if (!action.hasHooks) {
     validate(action, message)
-    return action.serialize(await action.handler.call(action.scope, message, ctx))
+    const data = await action.handler.call(action.scope, message, ctx)
+    return isStream(data) ? data : action.serialize(data)
   }
   const hooks = action.hooks
   if (hooks.onRequest.length > 0) await runHooks(hooks.onRequest, message, ctx)
@@ -133,6 +187,7 @@ async function execute (action: CompiledAction, message: Envelope, ctx: ActionCo
   validate(action, message)
   if (hooks.preHandler.length > 0) await runHooks(hooks.preHandler, message, ctx)
   let data = await action.handler.call(action.scope, message, ctx)
+  if (isStream(data)) return data
   if (hooks.onSend.length > 0) data = await runSendHooks(hooks.onSend, message, ctx, data)
   return action.serialize(data)
 }
@@ -156,6 +211,11 @@ async function failure (invocation: Invocation, err: unknown): Promise<WireError
   const hooks = timedOut ? action.hooks.onTimeout : action.hooks.onError
   if (hooks.length > 0) await runSafeHooks(hooks, ctx.log, timedOut ? 'onTimeout' : 'onError', message, ctx, err)
   return wire
+}
+
+/** Whether the client was answered already, by the time limit or a cancel. */
+function answered (invocation: Invocation): boolean {
+  return invocation.timedOut || invocation.cancelled
 }
 
 /** onResponse hooks, once the transport has answered; their errors are only logged. */

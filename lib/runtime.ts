@@ -16,6 +16,8 @@ import { ActionRunner } from './lifecycle.js'
 import type { ResolvedOptions } from './options.js'
 import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
+import { cancelAction, REQUEST_RESOURCE } from './stream.js'
+import { TopicSchemas } from './typed-topics.js'
 import { ALL_TOPIC, featuresOf, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Subscriber } from './topics.js'
 
 const TOPIC_RESOURCE = '$topic'
@@ -56,6 +58,10 @@ export class Runtime implements ContextHost<Peer> {
   private readonly scopeHooks = new WeakMap<object, Record<ActionHookName, CompiledHook[]>>()
   /** Unsubscribing from a topic that matches no declaration, which a handler may have subscribed. */
   private readonly plainUnsubscribe: CompiledAction
+  /** `$request/cancel` (lib/stream.ts). */
+  private readonly cancelAction: CompiledAction
+  /** Schemas of declared topics, enforced on publish and on receipt (lib/typed-topics.ts). */
+  readonly topicSchemas = new TopicSchemas()
   /** Bytes held for all connections: backlogs of slow sockets, unfinished incoming messages. */
   readonly totals = { buffered: 0, incomplete: 0 }
   started = false
@@ -68,6 +74,7 @@ export class Runtime implements ContextHost<Peer> {
     this.runner = new ActionRunner(options.actionTimeout)
     for (const name of APPLICATION_HOOKS) this.appHooks[name] = []
     this.plainUnsubscribe = this.topicAction(root, 'unsubscribe', undefined)
+    this.cancelAction = cancelAction(root)
   }
 
   // ---- declarations -------------------------------------------------------------------------
@@ -84,6 +91,7 @@ export class Runtime implements ContextHost<Peer> {
 
   declareTopic (scope: FastifyInstance, pattern: unknown, options: unknown): void {
     const declared = parsePattern(pattern, options, scope)
+    this.topicSchemas.declare(declared)
     this.patterns.add(declared)
     const actions = { subscribe: this.topicAction(scope, 'subscribe', declared), unsubscribe: this.topicAction(scope, 'unsubscribe', declared) }
     this.topicActions.set(declared, actions)
@@ -113,6 +121,7 @@ export class Runtime implements ContextHost<Peer> {
     for (const action of this.registry.actions()) this.link(action)
     for (const actions of this.topicActions.values()) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
     this.link(this.plainUnsubscribe)
+    this.link(this.cancelAction)
   }
 
   /** A topic needing what the broker cannot do is refused, never served by a per-instance substitute. */
@@ -143,6 +152,7 @@ export class Runtime implements ContextHost<Peer> {
   /** Finds the action for an envelope, or the error that says why there is none. */
   resolve (conn: Peer, message: Envelope): CompiledAction | Error {
     if (message.resource === TOPIC_RESOURCE) return this.resolveTopicAction(conn, message)
+    if (message.resource === REQUEST_RESOURCE) return message.action === 'cancel' ? this.cancelAction : new ActionNotFoundError(message.action, REQUEST_RESOURCE)
     const actions = this.registry.resources.get(message.resource)
     if (actions === undefined) return new ResourceNotFoundError(message.resource)
     return actions.get(message.action) ?? new ActionNotFoundError(message.action, message.resource)
@@ -227,6 +237,7 @@ export class Runtime implements ContextHost<Peer> {
     for (const t of topics) this.checkTopic(t)
     const event = options?.event
     if (event !== undefined && typeof event !== 'string') throw new InvalidTopicError(`event must be a string, received ${describe(event)}`)
+    this.topicSchemas.check(this.patterns, topics, data)
     const json = JSON.stringify(data) ?? 'null'
     for (const t of topics) this.deliverJson(t, json, event)
     if (topics.length === 1) return this.broker.publish(topics[0] as string, data, options)
@@ -239,6 +250,7 @@ export class Runtime implements ContextHost<Peer> {
 
   /** What a broker calls with a publication from another process. */
   deliver (topic: string, data: unknown, event: string | undefined): void {
+    if (this.dropsInvalid(topic, data)) return
     let json: string
     try {
       json = JSON.stringify(data) ?? 'null'
@@ -249,6 +261,15 @@ export class Runtime implements ContextHost<Peer> {
       return
     }
     this.deliverJson(topic, json, event)
+  }
+
+  /** A publication from the broker that fails its topic's schema reaches nobody: one warning, no payload. */
+  private dropsInvalid (topic: string, data: unknown): boolean {
+    const problem = this.topicSchemas.problems(this.patterns, topic, data)
+    if (problem === undefined) return false
+    this.topicSchemas.dropped++
+    this.log.warn({ topic, pattern: problem.pattern, details: problem.details }, 'dropped a publication from the broker that fails its topic schema')
+    return true
   }
 
   private deliverJson (topic: string, json: string, event: string | undefined): void {

@@ -1,0 +1,185 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import type { FastifyInstance } from 'fastify'
+import { build, connect, inject, listen, type Frame, type TestClient } from './helpers/client.js'
+
+// Streaming replies and $request/cancel (DESIGN section 11, PROTOCOL.md "Streams"), black-box over
+// real sockets unless a test needs no network.
+
+/** A promise with its resolve function, to learn that a generator's `finally` ran. */
+function deferred<T = void> (): { promise: Promise<T>, resolve: (value: T) => void } {
+  let resolve!: (value: T) => void
+  const promise = new Promise<T>(r => { resolve = r })
+  return { promise, resolve }
+}
+
+const Conflict = Object.assign(new Error('Ran out of rows'), { statusCode: 409, code: 'CONFLICT' })
+
+interface Probe { finallyRan: ReturnType<typeof deferred>, yielded: number, signal: AbortSignal | undefined }
+
+function declare (app: FastifyInstance, probe: Probe): void {
+  app.drizzle.resource('rows', {
+    async * count (message) {
+      const n = (message.data as { n: number }).n
+      for (let i = 0; i < n; i++) yield { i }
+      return { total: n }
+    },
+    async * failing () {
+      for (let i = 0; i < 10; i++) yield i
+      throw Conflict
+    },
+    async * crashing () {
+      yield 1
+      throw new Error('secret internal detail')
+    },
+    async * endless (_message, ctx) {
+      probe.signal = ctx.signal
+      try {
+        for (let i = 0; ; i++) {
+          probe.yielded++
+          yield i
+        }
+      } finally {
+        probe.finallyRan.resolve()
+      }
+    },
+    async * nothing () {},
+    async wait (_message, ctx) {
+      await new Promise((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason), { once: true }))
+    },
+    async plain () { return { ok: true } }
+  })
+}
+
+function newProbe (): Probe {
+  return { finallyRan: deferred(), yielded: 0, signal: undefined }
+}
+
+async function setup (t: Parameters<typeof build>[0], probe = newProbe()): Promise<{ app: FastifyInstance, client: TestClient, url: string, probe: Probe }> {
+  const app = await build(t, {}, a => declare(a, probe))
+  const url = await listen(app)
+  const client = await connect(t, url)
+  return { app, client, url, probe }
+}
+
+const framesOf = (client: TestClient, id: unknown): Frame[] => client.frames.filter(f => f.request_id === id)
+
+test('a generator yielding 1,000 items sends 1,000 `more` frames in order, then one final reply', async t => {
+  const { client } = await setup(t)
+  client.send({ resource: 'rows', action: 'count', data: { n: 1000 }, request_id: 'c1' })
+  const final = await client.waitFor(f => f.request_id === 'c1' && f.more !== true)
+  assert.deepEqual(final, { data: { total: 1000 }, request_id: 'c1' })
+  const frames = framesOf(client, 'c1')
+  assert.equal(frames.length, 1001)
+  frames.slice(0, 1000).forEach((frame, i) => assert.deepEqual(frame, { data: { i }, request_id: 'c1', more: true }))
+  assert.equal(client.raw[0], '{"data":{"i":0},"request_id":"c1","more":true}')
+  assert.equal(client.raw[1000], '{"data":{"total":1000},"request_id":"c1"}', 'the final reply is exactly an ordinary reply')
+})
+
+test('a generator returning nothing replies null; plain actions never carry `more`', async t => {
+  const { client } = await setup(t)
+  assert.deepEqual(await client.request('rows', 'nothing', undefined, 1), { data: null, request_id: 1 })
+  assert.deepEqual(await client.request('rows', 'plain', undefined, 2), { data: { ok: true }, request_id: 2 })
+  assert.ok(client.frames.every(f => !('more' in f)))
+})
+
+test('an error after 10 items ends the stream with an ordinary error frame', async t => {
+  const { client } = await setup(t)
+  client.send({ resource: 'rows', action: 'failing', request_id: 7 })
+  const end = await client.waitFor(f => f.request_id === 7 && f.more !== true)
+  assert.deepEqual(end, { request_id: 7, code: 'CONFLICT', error: 'Ran out of rows', statusCode: 409 })
+  const frames = framesOf(client, 7)
+  assert.equal(frames.length, 11)
+  assert.deepEqual(frames.slice(0, 10).map(f => f.data), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+  client.send({ resource: 'rows', action: 'crashing', request_id: 8 })
+  const crash = await client.waitFor(f => f.request_id === 8 && f.more !== true)
+  assert.deepEqual(crash, { request_id: 8, code: 'INTERNAL_ERROR', error: 'Unknown error', statusCode: 500 })
+})
+
+test('$request/cancel mid-stream answers cancelled: true, ends the stream with CANCELLED and runs the generator\'s finally', async t => {
+  const { client, probe } = await setup(t)
+  client.send({ resource: 'rows', action: 'endless', request_id: 7 })
+  await client.waitFor(f => f.request_id === 7 && f.data === 5)
+  const answer = await client.request('$request', 'cancel', { request_id: 7 }, 8)
+  assert.deepEqual(answer, { data: { cancelled: true }, request_id: 8 })
+  const end = await client.waitFor(f => f.request_id === 7 && f.code !== undefined)
+  assert.deepEqual(end, { request_id: 7, code: 'CANCELLED', error: 'Request cancelled', statusCode: 499 })
+  await probe.finallyRan.promise
+  assert.equal(probe.signal?.aborted, true, 'ctx.signal aborts too')
+  assert.equal((probe.signal?.reason as { code?: string }).code, 'CANCELLED')
+  const frames = framesOf(client, 7)
+  assert.equal(frames.indexOf(end), frames.length - 1, 'nothing of stream 7 follows its CANCELLED frame')
+  assert.ok(client.frames.indexOf(end) < client.frames.indexOf(answer), 'the stream ends before the cancel is answered')
+  // Cancelling it again: nothing of that id runs any more.
+  assert.deepEqual((await client.request('$request', 'cancel', { request_id: 7 }, 9)).data, { cancelled: false })
+})
+
+test('closing the socket mid-stream runs the generator\'s finally', async t => {
+  const { client, probe } = await setup(t)
+  client.send({ resource: 'rows', action: 'endless', request_id: 1 })
+  await client.waitFor(f => f.request_id === 1 && f.data === 3)
+  client.terminate()
+  await probe.finallyRan.promise
+  assert.equal((probe.signal?.reason as { code?: string }).code, 'CONNECTION_CLOSED')
+})
+
+test('a plain action in flight is cancelled the same way: its ctx.signal aborts and its answer is CANCELLED', async t => {
+  const { client } = await setup(t)
+  client.send({ resource: 'rows', action: 'wait', request_id: 'w' })
+  const answer = await client.request('$request', 'cancel', { request_id: 'w' }, 'x')
+  assert.deepEqual(answer.data, { cancelled: true })
+  assert.deepEqual(await client.reply('w'), { request_id: 'w', code: 'CANCELLED', error: 'Request cancelled', statusCode: 499 })
+  assert.equal(framesOf(client, 'w').length, 1, 'answered once')
+})
+
+test('hostile cancels: unknown, foreign and own ids, finished actions, malformed data, unknown $request actions', async t => {
+  const { client, url, probe } = await setup(t)
+  const other = await connect(t, url)
+  const cancel = (c: TestClient, target: unknown, id: unknown) => c.request('$request', 'cancel', { request_id: target }, id as string)
+  assert.deepEqual((await cancel(client, 404, 'a')).data, { cancelled: false }, 'unknown id')
+  assert.deepEqual((await cancel(client, 'a2', 'a2')).data, { cancelled: false }, 'a cancel does not cancel itself')
+  await client.request('rows', 'plain', undefined, 'done')
+  assert.deepEqual((await cancel(client, 'done', 'b')).data, { cancelled: false }, 'a plain action that has answered')
+  // Another connection's stream with the same id is out of reach.
+  other.send({ resource: 'rows', action: 'endless', request_id: 5 })
+  await other.waitFor(f => f.request_id === 5 && f.data === 2)
+  assert.deepEqual((await cancel(client, 5, 'c')).data, { cancelled: false }, 'foreign id')
+  assert.equal(probe.yielded > 0 && other.frames.some(f => f.code !== undefined), false, 'the other stream goes on')
+  assert.deepEqual((await cancel(other, 5, 'd')).data, { cancelled: true })
+  await probe.finallyRan.promise
+  const bad = await client.request('$request', 'cancel', { request_id: { $gt: 1 } }, 'e')
+  assert.equal(bad.code, 'VALIDATION_ERROR')
+  assert.equal(bad.details[0].path.startsWith('/data/request_id'), true)
+  assert.equal((await client.request('$request', 'cancel', undefined, 'f')).code, 'VALIDATION_ERROR')
+  assert.equal((await client.request('$request', 'constructor', { request_id: 1 }, 'g')).code, 'ACTION_NOT_FOUND')
+  assert.equal((await client.request('$request', '__proto__', { request_id: 1 }, 'h')).code, 'ACTION_NOT_FOUND')
+})
+
+test('a stream reusing the id of a request in flight is refused; the first one goes on and stays cancellable', async t => {
+  const { client, probe } = await setup(t)
+  client.send({ resource: 'rows', action: 'endless', request_id: 3 })
+  await client.waitFor(f => f.request_id === 3 && f.data === 1)
+  client.send({ resource: 'rows', action: 'count', data: { n: 5 }, request_id: 3 })
+  const refused = await client.waitFor(f => f.request_id === 3 && f.code !== undefined)
+  assert.equal(refused.code, 'VALIDATION_ERROR')
+  assert.match(refused.error, /already used by a request in flight/)
+  assert.equal(framesOf(client, 3).filter(f => typeof f.data === 'object' && f.data !== null && 'i' in f.data).length, 0, 'the duplicate sent no item')
+  assert.deepEqual((await client.request('$request', 'cancel', { request_id: 3 }, 4)).data, { cancelled: true })
+  await probe.finallyRan.promise
+})
+
+test('plain actions may still reuse an id in flight (older clients do)', async t => {
+  const { client } = await setup(t)
+  client.send({ resource: 'rows', action: 'wait', request_id: 1 })
+  assert.deepEqual(await client.request('rows', 'plain', undefined, 1), { data: { ok: true }, request_id: 1 })
+  assert.deepEqual((await client.request('$request', 'cancel', { request_id: 1 }, 2)).data, { cancelled: true }, 'the first keeps the id')
+})
+
+test('streams work over injectWS (no TCP socket)', async t => {
+  const app = await build(t, {}, a => declare(a, newProbe()))
+  const client = await inject(t, app)
+  client.send({ resource: 'rows', action: 'count', data: { n: 200 }, request_id: 1 })
+  const final = await client.waitFor(f => f.request_id === 1 && f.more !== true)
+  assert.deepEqual(final.data, { total: 200 })
+  assert.equal(framesOf(client, 1).length, 201)
+})

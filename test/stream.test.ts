@@ -6,6 +6,7 @@ import { runInNewContext } from 'node:vm'
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { build, connect, inject, listen, type Frame, type TestClient } from './helpers/client.js'
+import { DrizzleClient, DrizzleClientError } from '../lib/client/index.js'
 
 // Streaming replies and $request/cancel (DESIGN section 11, PROTOCOL.md "Streams"), black-box over
 // real sockets unless a test needs no network.
@@ -19,7 +20,7 @@ function deferred<T = void> (): { promise: Promise<T>, resolve: (value: T) => vo
 
 const Conflict = Object.assign(new Error('Ran out of rows'), { statusCode: 409, code: 'CONFLICT' })
 
-interface Probe { finallyRan: ReturnType<typeof deferred>, yielded: number, signal: AbortSignal | undefined }
+interface Probe { finallyRan: { promise: Promise<void>, resolve: () => void }, yielded: number, signal: AbortSignal | undefined }
 
 function declare (app: FastifyInstance, probe: Probe): void {
   app.drizzle.resource('rows', {
@@ -257,4 +258,59 @@ test('a client that stops reading pauses a generator that could produce 1 GB: RS
   assert.ok(yielded > atPause + 100)
   ws.terminate()
   await finallyRan.promise
+})
+
+async function clientOf (t: Parameters<typeof build>[0], url: string): Promise<DrizzleClient> {
+  const client = new DrizzleClient(url, { WebSocket: WebSocket as never, reconnect: false })
+  t.after(() => client.close())
+  await new Promise<void>(resolve => client.on('open', () => resolve()))
+  return client
+}
+
+test('client.stream: `for await` with `break` after 5 items cancels the stream on the server', async t => {
+  const { url, probe } = await setup(t)
+  const client = await clientOf(t, url)
+  const items: unknown[] = []
+  for await (const item of client.stream('rows', 'endless')) {
+    items.push(item)
+    if (items.length === 5) break
+  }
+  assert.deepEqual(items, [0, 1, 2, 3, 4])
+  await probe.finallyRan.promise
+  assert.equal((probe.signal?.reason as { code?: string }).code, 'CANCELLED', 'cancelled by $request/cancel, not by a disconnect')
+  // The connection goes on serving.
+  assert.deepEqual(await client.request('rows', 'plain'), { ok: true })
+})
+
+test('client.stream yields every item and returns the final reply; an error frame is thrown from the loop', async t => {
+  const { url } = await setup(t)
+  const client = await clientOf(t, url)
+  const stream = client.stream('rows', 'count', { n: 300 })
+  const items: unknown[] = []
+  let step = await stream.next()
+  while (step.done !== true) { items.push(step.value); step = await stream.next() }
+  assert.equal(items.length, 300)
+  assert.deepEqual(items[299], { i: 299 })
+  assert.deepEqual(step.value, { total: 300 })
+  const seen: unknown[] = []
+  await assert.rejects(async () => { for await (const item of client.stream('rows', 'failing')) seen.push(item) },
+    (err: unknown) => err instanceof DrizzleClientError && err.code === 'CONFLICT' && err.statusCode === 409)
+  assert.equal(seen.length, 10)
+  // request() on a streaming action resolves with the final reply and ignores the items.
+  assert.deepEqual(await client.request('rows', 'count', { n: 50 }), { total: 50 })
+})
+
+test('client.stream: aborting its signal cancels on the server and throws the abort reason', async t => {
+  const { url, probe } = await setup(t)
+  const client = await clientOf(t, url)
+  const controller = new AbortController()
+  let count = 0
+  await assert.rejects(async () => {
+    for await (const item of client.stream('rows', 'endless', undefined, { signal: controller.signal })) {
+      assert.equal(item, count)
+      if (++count === 3) controller.abort(new Error('enough'))
+    }
+  }, /enough/)
+  await probe.finallyRan.promise
+  assert.equal((probe.signal?.reason as { code?: string }).code, 'CANCELLED')
 })

@@ -314,3 +314,37 @@ test('client.stream: aborting its signal cancels on the server and throws the ab
   await probe.finallyRan.promise
   assert.equal((probe.signal?.reason as { code?: string }).code, 'CANCELLED')
 })
+
+test('over HTTP (option http) a streaming action answers NDJSON: items, then the final line; errors after the start are a line', async t => {
+  const probe = newProbe()
+  let responses = 0
+  const app = await build(t, { http: true }, a => {
+    declare(a, probe)
+    a.drizzle.addHook('onResponse', async () => { responses++ })
+    a.addHook('onRequest', async (_request, reply) => { reply.header('x-scope', 'root') })
+    // fetch (undici) keeps a spare connection open that never carries a request; Node counts it busy
+    // and app.close() would wait the keep-alive timeout (72 s) for it.
+  }, { forceCloseConnections: true })
+  const base = (await app.listen({ port: 0, host: '127.0.0.1' })) + '/ws/rows/'
+  const res = await fetch(base + 'count', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ n: 3 }) })
+  assert.equal(res.status, 200)
+  assert.equal(res.headers.get('content-type'), 'application/x-ndjson; charset=utf-8')
+  assert.equal(res.headers.get('x-scope'), 'root', 'headers set by the scope\'s hooks are kept')
+  assert.equal(await res.text(), '{"data":{"i":0},"more":true}\n{"data":{"i":1},"more":true}\n{"data":{"i":2},"more":true}\n{"data":{"total":3}}\n')
+  const failing = await fetch(base + 'failing', { method: 'POST' })
+  assert.equal(failing.status, 200)
+  const lines = (await failing.text()).trim().split('\n').map(line => JSON.parse(line))
+  assert.equal(lines.length, 11)
+  assert.deepEqual(lines[10], { code: 'CONFLICT', error: 'Ran out of rows', statusCode: 409 })
+  // Before the handler returned its stream, errors are ordinary HTTP errors.
+  const invalid = await fetch(base + 'count', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '"nope"' })
+  assert.equal(invalid.status, 400)
+  assert.equal(responses, 2, 'drizzle onResponse hooks ran once per stream (the 400 never reached the action)')
+  // A client that goes away stops the stream: the generator's finally runs.
+  const controller = new AbortController()
+  const endless = await fetch(base + 'endless', { method: 'POST', signal: controller.signal })
+  const reader = (endless.body as ReadableStream<Uint8Array>).getReader()
+  await reader.read()
+  controller.abort()
+  await probe.finallyRan.promise
+})

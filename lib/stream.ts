@@ -21,6 +21,14 @@ export function isStream (value: unknown): value is Streamed {
   return typeof value === 'object' && value !== null && typeof (value as Partial<Streamed>)[Symbol.asyncIterator] === 'function'
 }
 
+/**
+ * Whether a handler streams by its declaration (an `async function *`), for documents: a plain
+ * function returning an async iterable streams too, but only its result tells.
+ */
+export function isGeneratorFunction (fn: unknown): boolean {
+  return Object.prototype.toString.call(fn) === '[object AsyncGeneratorFunction]'
+}
+
 /** `{"data":<item>,"request_id":7,"more":true}`: the reply's shape plus `more`, so old parsers still read it. */
 export function encodeItem (json: string, id: RequestIdValue): string {
   return '{"data":' + json + ',"request_id":' + encodeId(id) + ',"more":true}'

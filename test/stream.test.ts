@@ -348,3 +348,21 @@ test('over HTTP (option http) a streaming action answers NDJSON: items, then the
   controller.abort()
   await probe.finallyRan.promise
 })
+
+test('the AsyncAPI document shows streaming actions\' items, $request/cancel and CANCELLED; it stays valid', async t => {
+  const { Parser } = await import('@asyncapi/parser')
+  const { app } = await setup(t)
+  const doc = app.drizzle.asyncapi({ serverUrl: 'ws://localhost/ws' })
+  const diagnostics = await new Parser().validate(JSON.stringify(doc))
+  assert.deepEqual(diagnostics.filter(d => d.severity === 0), [])
+  const ops = Object.values(doc.operations) as Array<Record<string, any>>
+  const count = ops.find(o => o.title === 'rows.count') as Record<string, any>
+  assert.deepEqual(count.reply.messages.map((m: { $ref: string }) => m.$ref.split('/').pop()), ['rows.count.item', 'rows.count.reply', 'error'])
+  const plain = ops.find(o => o.title === 'rows.plain') as Record<string, any>
+  assert.equal(plain.reply.messages.length, 2, 'plain actions have no item message')
+  const messages = (doc.channels.drizzle as { messages: Record<string, any> }).messages
+  assert.deepEqual(messages['rows.count.item'].payload.properties.more, { type: 'boolean', const: true })
+  assert.ok(ops.some(o => o.title === '$request.cancel'))
+  assert.deepEqual(messages['_request.cancel.request'].payload.required, ['resource', 'action', 'request_id', 'data'])
+  assert.ok((doc.components.schemas.ErrorFrame as any).properties.code.anyOf[0].enum.includes('CANCELLED'))
+})

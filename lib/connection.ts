@@ -353,10 +353,14 @@ export class Connection implements Peer, Answer, SocketOwner, StreamWriter, Canc
     this.sendReply(encodeItem(json, invocation.message.request_id))
   }
 
-  /** Under the slow-consumer bound: a stream is pulled only then, whatever the slowConsumer policy. */
+  /**
+   * A stream is pulled only while the socket holds at most half of maxBufferedBytes, whatever the
+   * slowConsumer policy: the other half is left to publications, so a reader that is merely slower
+   * than its stream is not taken for a slow consumer (and closed) by the next publication.
+   */
   writable (): boolean {
     const buffered = this.measureBacklog()
-    return buffered <= this.rt.options.maxBufferedBytes && !this.overTotal(buffered)
+    return buffered <= this.rt.options.maxBufferedBytes / 2 && !this.overTotal(buffered)
   }
 
   /**

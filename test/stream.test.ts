@@ -371,3 +371,41 @@ test('the AsyncAPI document shows streaming actions\' items, $request/cancel and
   assert.deepEqual(messages['_request.cancel.request'].payload.required, ['resource', 'action', 'request_id', 'data'])
   assert.ok((doc.components.schemas.ErrorFrame as any).properties.code.anyOf[0].enum.includes('CANCELLED'))
 })
+
+test('a stream\'s time limit covers each item, not the whole stream; a stalled generator gets ACTION_TIMEOUT and its finally runs', async t => {
+  const finallyRan = deferred()
+  const app = await build(t, {}, a => {
+    a.drizzle.resource('slow', {
+      steady: {
+        timeout: 200,
+        async * handler () {
+          for (let i = 0; i < 6; i++) {
+            await new Promise(resolve => setTimeout(resolve, 60))
+            yield i
+          }
+          return 'done'
+        }
+      },
+      stalled: {
+        timeout: 50,
+        async * handler (_message, ctx) {
+          try {
+            yield 'first'
+            await new Promise(resolve => ctx.signal.addEventListener('abort', resolve, { once: true }))
+            yield 'never sent'
+          } finally {
+            finallyRan.resolve()
+          }
+        }
+      }
+    })
+  })
+  const client = await inject(t, app)
+  client.send({ resource: 'slow', action: 'steady', request_id: 1 })
+  assert.deepEqual(await client.waitFor(f => f.request_id === 1 && f.more !== true), { data: 'done', request_id: 1 }, '360 ms in all, 60 ms per item')
+  client.send({ resource: 'slow', action: 'stalled', request_id: 2 })
+  const end = await client.waitFor(f => f.request_id === 2 && f.more !== true)
+  assert.equal(end.code, 'ACTION_TIMEOUT')
+  await finallyRan.promise
+  assert.deepEqual(framesOf(client, 2).map(f => f.data ?? f.code), ['first', 'ACTION_TIMEOUT'])
+})

@@ -1,5 +1,7 @@
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { FastifyReply } from 'fastify'
+import { abortContext } from './context.js'
+import { ConnectionClosedError } from './errors.js'
 import type { Invocation } from './lifecycle.js'
 import type { WireError } from './protocol.js'
 import type { StreamWriter } from './stream.js'
@@ -22,11 +24,17 @@ export class HttpStream implements StreamWriter {
   private closed = false
   private finished = false
 
-  /** Takes the response over from Fastify, with the headers the scope's hooks set on the reply. */
-  constructor (reply: FastifyReply, private readonly shuttingDown: () => boolean) {
+  /**
+   * Takes the response over from Fastify, with the headers the scope's hooks set on the reply. A
+   * client leaving aborts the handler's ctx.signal (a CONNECTION_CLOSED error), as on WebSocket.
+   */
+  constructor (reply: FastifyReply, invocation: Invocation, private readonly shuttingDown: () => boolean) {
     reply.hijack()
     this.res = reply.raw
-    this.res.once('close', () => { this.closed = true })
+    this.res.once('close', () => {
+      this.closed = true
+      if (!this.finished) abortContext(invocation.ctx, new ConnectionClosedError())
+    })
     this.res.writeHead(200, { ...reply.getHeaders(), 'content-type': NDJSON } as OutgoingHttpHeaders)
   }
 

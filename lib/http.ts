@@ -161,8 +161,8 @@ class HttpAnswer implements Answer {
   }
 
   /** The response becomes NDJSON, taken over from Fastify (the route handler resolves at once). */
-  streamWriter (): StreamWriter {
-    this.stream = new HttpStream(this.response, this.closing)
+  streamWriter (invocation: Invocation): StreamWriter {
+    this.stream = new HttpStream(this.response, invocation, this.closing)
     this.done(this.response)
     return this.stream
   }

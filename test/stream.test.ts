@@ -352,6 +352,7 @@ test('over HTTP (option http) a streaming action answers NDJSON: items, then the
   await reader.read()
   controller.abort()
   await probe.finallyRan.promise
+  assert.equal((probe.signal?.reason as { code?: string }).code, 'CONNECTION_CLOSED', 'ctx.signal aborts when the HTTP client leaves')
 })
 
 test('the AsyncAPI document shows streaming actions\' items, $request/cancel and CANCELLED; it stays valid', async t => {

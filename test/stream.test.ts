@@ -410,3 +410,15 @@ test('a stream\'s time limit covers each item, not the whole stream; a stalled g
   await finallyRan.promise
   assert.deepEqual(framesOf(client, 2).map(f => f.data ?? f.code), ['first', 'ACTION_TIMEOUT'])
 })
+
+test('shutdown closes a stream after the grace period: its generator\'s finally runs and close completes', async t => {
+  const probe = newProbe()
+  const app = await build(t, { closeGracePeriod: 100 }, a => declare(a, probe))
+  const url = await listen(app)
+  const client = await connect(t, url)
+  client.send({ resource: 'rows', action: 'endless', request_id: 1 })
+  await client.waitFor(f => f.request_id === 1 && f.data === 3)
+  await app.close()
+  await probe.finallyRan.promise
+  assert.equal(await client.closed, 1001)
+})

@@ -41,6 +41,9 @@ export class Invocation implements DeadlineEntry {
   cancelled = false
   /** Resumes a stream paused for backpressure, so a cancellation is seen at once. */
   wake: (() => void) | undefined = undefined
+  /** Links of its connection's list of requests in flight (lib/stream.ts, RequestTable). */
+  prevRequest: Invocation | undefined = undefined
+  nextRequest: Invocation | undefined = undefined
 
   constructor (
     readonly action: CompiledAction,

@@ -4,6 +4,7 @@ import { InvalidOptionError, describe } from './errors.js'
 import { MAX_NAME_LENGTH, MAX_REQUEST_ID_LENGTH } from './protocol.js'
 import { plainSchema, type CompiledAction } from './resources.js'
 import type { Runtime } from './runtime.js'
+import { CancelData, isGeneratorFunction, REQUEST_RESOURCE } from './stream.js'
 import { ALL_TOPIC, type DeclaredTopic } from './topics.js'
 import { PRESENCE_RESOURCE, presenceSettings } from './presence.js'
 import { USER_TOPIC } from './users.js'
@@ -43,7 +44,7 @@ const TOPIC_RESOURCE = '$topic'
 
 // Codes the plugin itself sends (PROTOCOL.md, Error codes); a handler's own 4xx errors add theirs.
 const PROTOCOL_CODES = ['VALIDATION_ERROR', 'RESOURCE_NOT_FOUND', 'ACTION_NOT_FOUND', 'TOPIC_NOT_FOUND', 'UNAUTHORIZED', 'FORBIDDEN',
-  'TOO_MANY_REQUESTS', 'ACTION_TIMEOUT', 'SERVICE_UNAVAILABLE', 'INTERNAL_ERROR']
+  'TOO_MANY_REQUESTS', 'ACTION_TIMEOUT', 'SERVICE_UNAVAILABLE', 'INTERNAL_ERROR', 'CANCELLED']
 
 const REQUEST_ID_REF = { $ref: '#/components/schemas/RequestId' }
 const CORRELATION = { location: '$message.payload#/request_id' }
@@ -101,8 +102,12 @@ export function buildAsyncApi (rt: Runtime, server: AsyncApiServer): AsyncApiDoc
     bindings: { ws: { method: 'GET', bindingVersion: '0.1.0' } }
   }
   const keys: Keys = { messages: new KeyAllocator([ERROR_MESSAGE]), channels: new KeyAllocator([WS_CHANNEL]), operations: new KeyAllocator([]) }
-  for (const action of rt.registry.actions()) addAction(doc, messages, keys, action.resource, action.action, action.schema, describeAction(action))
+  for (const action of rt.registry.actions()) {
+    addAction(doc, messages, keys, action.resource, action.action, action.schema, describeAction(action), isGeneratorFunction(action.handler))
+  }
   addTopicActions(doc, messages, keys)
+  addAction(doc, messages, keys, REQUEST_RESOURCE, 'cancel', { data: CancelData, reply: CANCEL_REPLY },
+    'Built-in: cancel a request of this connection still in flight; it ends with a CANCELLED error (499)')
   const declared = rt.patterns.all()
   for (const topic of declared) {
     const channelKey = addTopic(doc, keys, topic.pattern, topic.params, topic.options.schema, topicDescription(topic), keepsHistory(topic))
@@ -146,15 +151,27 @@ const POSITION = {
   properties: { offset: { type: 'integer', minimum: 0 }, epoch: { type: 'string', minLength: 1, maxLength: 64 } }
 }
 
-/** An action: a request message and a reply message on the WebSocket channel, and a receive operation with its reply. */
+const CANCEL_REPLY = { type: 'object', required: ['cancelled'], properties: { cancelled: { type: 'boolean', description: 'false when nothing of that id runs' } } }
+
+/**
+ * An action: a request message and a reply message on the WebSocket channel, and a receive operation
+ * with its reply. A streaming action (an async generator handler) adds its item message: items come
+ * first, then the reply or an error.
+ */
 function addAction (doc: AsyncApiDocument, messages: Record<string, unknown>, keys: Keys, resource: string, action: string,
-  schema: { data?: unknown, reply?: unknown }, description: string): void {
+  schema: { data?: unknown, reply?: unknown }, description: string, streams = false): void {
   const name = `${resource}.${action}`
   const requestKey = keys.messages.take(`${name}.request`)
   const replyKey = keys.messages.take(`${name}.reply`)
   messages[requestKey] = message(requestKey, `${name} request`, description, requestPayload(resource, action, schema.data), true)
   messages[replyKey] = message(replyKey, `${name} reply`, `Reply of ${description.toLowerCase()}`, replyPayload(schema.reply), true)
   const ref = (key: string) => ({ $ref: `#/channels/${WS_CHANNEL}/messages/${key}` })
+  const replies = [ref(replyKey), ref(ERROR_MESSAGE)]
+  if (streams) {
+    const itemKey = keys.messages.take(`${name}.item`)
+    messages[itemKey] = message(itemKey, `${name} item`, `One item of the streamed reply of ${description.toLowerCase()}; the reply (or an error) ends the stream`, ITEM_PAYLOAD, true)
+    replies.unshift(ref(itemKey))
+  }
   doc.operations[keys.operations.take(name)] = {
     action: 'receive',
     channel: { $ref: `#/channels/${WS_CHANNEL}` },
@@ -162,7 +179,7 @@ function addAction (doc: AsyncApiDocument, messages: Record<string, unknown>, ke
     summary: description,
     tags: [{ name: resource }],
     messages: [ref(requestKey)],
-    reply: { channel: { $ref: `#/channels/${WS_CHANNEL}` }, messages: [ref(replyKey), ref(ERROR_MESSAGE)] }
+    reply: { channel: { $ref: `#/channels/${WS_CHANNEL}` }, messages: replies }
   }
 }
 
@@ -255,6 +272,16 @@ function requestPayload (resource: string, action: string, data: unknown): Recor
       request_id: REQUEST_ID_REF,
       data: data === undefined ? { type: ['object', 'array'] } : plainSchema(data)
     }
+  }
+}
+
+const ITEM_PAYLOAD = {
+  type: 'object',
+  required: ['data', 'request_id', 'more'],
+  properties: {
+    data: { description: 'A value the handler yielded' },
+    request_id: REQUEST_ID_REF,
+    more: { type: 'boolean', const: true }
   }
 }
 

@@ -3,15 +3,16 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { ActionContext, controllerOf, type DrizzleConnectionStore } from './context.js'
-import { ConnectionClosedError, ShuttingDownError, TooManyRequestsError } from './errors.js'
+import { ConnectionClosedError, DuplicateStreamError, ShuttingDownError, TooManyRequestsError } from './errors.js'
 import { runSafeHooks } from './hooks.js'
 import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecycle.js'
-import { encodeError, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type WireError } from './protocol.js'
+import { encodeError, encodeId, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type RequestIdValue, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
 import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, drained, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
 import { userOf } from './users.js'
+import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from './stream.js'
 
 // The WebSocket transport: one Connection owns one socket's loop. Inbound (handle*): frames, pongs,
 // close. Outbound (send*): replies and publications, each with its backpressure rule. Nothing else
@@ -26,7 +27,7 @@ const TEXT_FRAME = { binary: false }
 const kConnection = Symbol('fastify-drizzle.owner')
 type OwnedSocket = WebSocket & { [kConnection]: Connection }
 
-export class Connection implements Peer, Answer, SocketOwner {
+export class Connection implements Peer, Answer, SocketOwner, StreamWriter, Cancellable {
   readonly topics = new Set<string>()
   readonly log: FastifyBaseLogger
   readonly user: string | null
@@ -58,6 +59,10 @@ export class Connection implements Peer, Answer, SocketOwner {
   // benchmark's memory scenario), and most connections never read either.
   private uuid: string | undefined
   private ownStore: DrizzleConnectionStore | undefined
+  /** Requests in flight by id, for `$request/cancel` (lib/stream.ts). */
+  private readonly requests = new RequestTable()
+  /** Streams paused until this socket drains (lib/stream.ts). */
+  private drainWaiters: Array<() => void> | undefined
 
   constructor (readonly socket: WebSocket, readonly request: FastifyRequest, private readonly rt: Runtime) {
     this.log = request.log
@@ -131,8 +136,10 @@ export class Connection implements Peer, Answer, SocketOwner {
   private run (action: CompiledAction, message: Envelope): void {
     const ctx = new ActionContext(this.rt, this, action.resource, action.action, message.request_id, action.scope)
     this.inFlight++
+    const invocation = new Invocation(action, message, ctx, this)
+    this.requests.add(invocation)
     // run() never rejects: failures are answered or logged there.
-    this.rt.runner.run(new Invocation(action, message, ctx, this))
+    this.rt.runner.run(invocation)
   }
 
   /**
@@ -250,6 +257,8 @@ export class Connection implements Peer, Answer, SocketOwner {
       for (const controller of this.signals) controller.abort(reason)
       this.signals = undefined
     }
+    // Paused streams see the socket gone and close their generators.
+    this.wakeWriters()
     if (rt.appHooks.onUnsubscribe.length > 0) {
       for (const topic of topics) runSafeHooks(rt.appHooks.onUnsubscribe, this.log, 'onUnsubscribe', this, topic).catch(() => {})
     }
@@ -273,6 +282,7 @@ export class Connection implements Peer, Answer, SocketOwner {
   /** The handler has ended (Answer): its in-flight slot is free. */
   ended (invocation: Invocation): void {
     this.inFlight--
+    this.requests.delete(invocation)
     if (this.signals !== undefined && this.signals.size > 0) {
       const controller = controllerOf(invocation.ctx)
       if (controller !== undefined) this.signals.delete(controller)
@@ -357,6 +367,60 @@ export class Connection implements Peer, Answer, SocketOwner {
   drained (): void {
     this.watchingDrain = false
     this.measureBacklog()
+    this.wakeWriters()
+  }
+
+  // ---- streams (lib/stream.ts) ----------------------------------------------------------------
+
+  /** Answer: a stream's items come back here; a stream reusing an id in flight is refused. */
+  streamWriter (invocation: Invocation): StreamWriter | Error {
+    return this.requests.owns(invocation) ? this : new DuplicateStreamError(encodeId(invocation.message.request_id))
+  }
+
+  item (invocation: Invocation, json: string): void {
+    this.sendReply(encodeItem(json, invocation.message.request_id))
+  }
+
+  /**
+   * A stream is pulled only while the socket holds at most half of maxBufferedBytes, whatever the
+   * slowConsumer policy: the other half is left to publications, so a reader that is merely slower
+   * than its stream is not taken for a slow consumer (and closed) by the next publication.
+   */
+  writable (): boolean {
+    const buffered = this.measureBacklog()
+    return buffered <= this.rt.options.maxBufferedBytes / 2 && !this.overTotal(buffered)
+  }
+
+  /**
+   * Wakes `wake` when the TCP socket drains. 'drain' only follows a write the socket refused; a
+   * backlog of corked bytes that were never refused is looked at again on the next turn instead.
+   */
+  onWritable (wake: () => void): void {
+    const raw = rawSocketOf(this.socket)
+    if (this.isClosed || raw === undefined || raw.destroyed || !raw.writableNeedDrain) {
+      setImmediate(wake)
+      return
+    }
+    (this.drainWaiters ??= []).push(wake)
+    if (!this.watchingDrain) {
+      this.watchingDrain = true
+      raw.once('drain', onRawDrain)
+    }
+  }
+
+  get gone (): boolean { return this.isClosed }
+
+  private wakeWriters (): void {
+    const waiters = this.drainWaiters
+    if (waiters === undefined) return
+    this.drainWaiters = undefined
+    for (const wake of waiters) wake()
+  }
+
+  /** `$request/cancel`: the request in flight with that id on this connection, if any. */
+  cancel (requestId: RequestIdValue, by: Envelope): Promise<boolean> {
+    const target = this.requests.find(requestId, by)
+    return target === undefined ? Promise.resolve(false) : this.rt.runner.cancel(target)
   }
 
   /** Past maxBufferedBytesTotal, every socket with a backlog is a slow consumer. */

@@ -17,6 +17,13 @@ export const ShuttingDownError = createError('SERVICE_UNAVAILABLE', 'Server is s
 export const InternalError = createError('INTERNAL_ERROR', 'Unknown error', 500)
 // The reason of ctx.signal when the connection of an action in flight closed.
 export const ConnectionClosedError = createError('CONNECTION_CLOSED', 'The connection closed before the action ended')
+// `$request/cancel` stopped the request (499: the client closed the request, as nginx counts it).
+export const CancelledError = createError('CANCELLED', 'Request cancelled', 499, Error, false)
+// A stream needs a request_id no other request in flight on its connection uses: its items and its
+// cancel would be ambiguous.
+export const DuplicateStreamError = createError('VALIDATION_ERROR', 'request_id %s is already used by a request in flight; a stream needs its own', 400)
+// The handler returned a stream where the transport has no way to send one.
+export const StreamNotSupportedError = createError('STREAM_NOT_SUPPORTED', 'This transport cannot stream a reply', 400)
 // Over HTTP (option `http`) a request has no socket to subscribe: ctx.subscribe/unsubscribe throw this.
 export const SubscribeNotSupportedError = createError('SUBSCRIBE_NOT_SUPPORTED', 'ctx.%s is not available over HTTP', 400)
 
@@ -30,6 +37,9 @@ export const InvalidSchemaError = createError('FST_DRIZZLE_INVALID_SCHEMA', 'Inv
 export const InvalidHookError = createError('FST_DRIZZLE_INVALID_HOOK', 'Invalid hook: %s')
 export const InvalidTopicError = createError('FST_DRIZZLE_INVALID_TOPIC', 'Invalid topic: %s')
 export const DuplicateTopicError = createError('FST_DRIZZLE_DUPLICATE_TOPIC', 'Topic pattern "%s" is already declared')
+// A publication failing its declared topic's schema; no statusCode: a handler publishing bad data is a
+// server bug, which the client sees as INTERNAL_ERROR while the log has the details.
+export const InvalidPublicationError = createError('FST_DRIZZLE_INVALID_PUBLICATION', 'Invalid publication to topic "%s": %s')
 export const AlreadyStartedError = createError('FST_DRIZZLE_ALREADY_STARTED', 'Cannot %s after the server has started')
 // An option that needs an optional peer dependency the app has not installed (e.g. metrics: prom-client).
 export const MissingDependencyError = createError('FST_DRIZZLE_MISSING_DEPENDENCY', 'Option "%s" needs the package "%s": install it (npm install %s)')

@@ -7,6 +7,8 @@ import { Invocation, runResponseHooks, type Answer } from './lifecycle.js'
 import type { Envelope, WireError } from './protocol.js'
 import { plainSchema, type CompiledAction } from './resources.js'
 import type { Runtime } from './runtime.js'
+import { HttpStream } from './http-stream.js'
+import type { StreamWriter } from './stream.js'
 
 // Option `http`: every action is also `POST <prefix>/<resource>/<action>`, a real Fastify route added
 // in the scope that declared the resource, so that scope's Fastify hooks (auth, rate limits...) guard
@@ -128,26 +130,42 @@ async function handle (rt: Runtime, action: CompiledAction, request: FastifyRequ
   if (rt.runner.inFlight >= maxTotal) return sendError(reply, { code: 'TOO_MANY_REQUESTS', message: `Too many requests in flight on the server (limit ${maxTotal})`, statusCode: 429 })
   const ctx = new ActionContext(hostOf(rt), new HttpConnection(request), action.resource, action.action, request.id, action.scope)
   return await new Promise<FastifyReply>(resolve => {
-    const invocation = new Invocation(action, message, ctx, new HttpAnswer(reply, resolve))
+    const invocation = new Invocation(action, message, ctx, new HttpAnswer(reply, resolve, () => rt.closing))
     answered.set(request, invocation)
     // run() never rejects: failures are answered (logged when 5xx, with onError/onTimeout run) there.
     rt.runner.run(invocation)
   })
 }
 
-/** Answers an action over HTTP: the serialized reply as it is, or Fastify's error format. */
+/**
+ * Answers an action over HTTP: the serialized reply as it is, or Fastify's error format; a streaming
+ * action answers NDJSON (lib/http-stream.ts).
+ */
 class HttpAnswer implements Answer {
-  constructor (private readonly response: FastifyReply, private readonly done: (reply: FastifyReply) => void) {}
+  private stream: HttpStream | undefined
+
+  constructor (private readonly response: FastifyReply, private readonly done: (reply: FastifyReply) => void, private readonly closing: () => boolean) {}
 
   reply (_invocation: Invocation, json: string): void {
-    this.done(this.response.code(200).type('application/json; charset=utf-8').send(json))
+    if (this.stream !== undefined) this.stream.reply(json)
+    else this.done(this.response.code(200).type('application/json; charset=utf-8').send(json))
   }
 
   fail (_invocation: Invocation, error: WireError): void {
-    this.done(sendError(this.response, error))
+    if (this.stream !== undefined) this.stream.fail(error)
+    else this.done(sendError(this.response, error))
   }
 
-  ended (): void {}
+  ended (): void {
+    this.stream?.ended()
+  }
+
+  /** The response becomes NDJSON, taken over from Fastify (the route handler resolves at once). */
+  streamWriter (invocation: Invocation): StreamWriter {
+    this.stream = new HttpStream(this.response, invocation, this.closing)
+    this.done(this.response)
+    return this.stream
+  }
 }
 
 /** The request body is the message's `data`: an object or an array, or nothing for an empty body. */

@@ -20,7 +20,7 @@ export type { Envelope, RequestIdValue, ErrorDetail } from './protocol.js'
 export { action } from './types.js'
 export type {
   Message, ActionHandler, ActionHook, OnSendHook, OnErrorHook, ConnectionHook, SubscriptionHook, ActionHooks, ActionSchema,
-  ActionObject, DrizzleResource, DrizzleTopic, TopicOptions, InferApi, AnyApi, ActionData, ActionReply, TopicString, MaybePromise
+  ActionObject, DrizzleResource, DrizzleTopic, TopicOptions, InferApi, AnyApi, ActionData, ActionReply, ActionItem, TopicString, MaybePromise
 } from './types.js'
 export type { TopicParams } from './topics.js'
 

@@ -1,47 +1,22 @@
 import { STATUS_CODES } from 'node:http'
 import { performance } from 'node:perf_hooks'
-import { answered } from './answered.js'
+import { answered as notifyAnswered } from './answered.js'
 import { abortContext, type ActionContext } from './context.js'
-import { Deadlines, type DeadlineEntry } from './deadlines.js'
-import { ActionTimeoutError, InternalError, validationError } from './errors.js'
+import { Deadlines } from './deadlines.js'
+import { ActionTimeoutError, CancelledError, InternalError, StreamNotSupportedError, validationError } from './errors.js'
 import { runHooks, runSafeHooks, runSendHooks } from './hooks.js'
 import { dataErrors, type Envelope, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { TraceSpan, Tracing } from './tracing.js'
 import type { ActionMetrics } from './metrics.js'
+import { isStream, pump, type StreamClock, type Streamed } from './stream.js'
+import type { Invocation } from './invocation.js'
+
+export { Invocation, type Answer } from './invocation.js'
 
 // The life of one action, whatever carried it (a WebSocket frame or an HTTP request): hooks,
 // validation, handler, onSend, reply serialization, errors, and the time limit. A transport builds an
 // Invocation and says how to answer it; this module never touches a socket or a reply object.
-
-/** How a transport answers an invocation: exactly one of the two is called, once. */
-export interface Answer {
-  /** The handler's result, serialized by the action's reply serializer. */
-  reply (invocation: Invocation, json: string): void
-  /** What the client may see of a failure (or of the time limit running out). */
-  fail (invocation: Invocation, error: WireError): void
-  /** The handler has ended (after the answer, or long after a timeout). */
-  ended (invocation: Invocation): void
-}
-
-/** One action being run: what the lifecycle tracks beside the handler's context. */
-export class Invocation implements DeadlineEntry {
-  /** When the action started (performance.now()), for the response time. */
-  readonly started = performance.now()
-  /** Set when the time limit ran out and the client was answered ACTION_TIMEOUT. */
-  timedOut = false
-  deadline = 0
-  prevDeadline: DeadlineEntry | undefined = undefined
-  nextDeadline: DeadlineEntry | undefined = undefined
-  tracked = false
-
-  constructor (
-    readonly action: CompiledAction,
-    readonly message: Envelope,
-    readonly ctx: ActionContext,
-    readonly answer: Answer
-  ) {}
-}
 
 /**
  * Runs actions and keeps their time limits with one sweep (lib/deadlines.ts), for every transport.
@@ -56,6 +31,16 @@ export class ActionRunner {
   tracing: Tracing | undefined
   /** Set when the `metrics` option is on: every action answered is counted, for every transport. */
   metrics: ActionMetrics | undefined
+  /** A stream's time limit covers each pull, not the time it waits for a slow peer (lib/stream.ts). */
+  private readonly clock: StreamClock = {
+    arm: invocation => {
+      const limit = this.timeLimit(invocation.action)
+      if (limit <= 0) return
+      this.deadlines.delete(invocation)
+      this.deadlines.add(invocation, limit)
+    },
+    disarm: invocation => this.deadlines.delete(invocation)
+  }
 
   constructor (private readonly defaultLimit: number) {}
 
@@ -86,24 +71,26 @@ export class ActionRunner {
     const tracing = this.tracing
     const span: TraceSpan | undefined = tracing?.active === true ? tracing.startAction(invocation) : undefined
     try {
-      json = span === undefined
+      const result = span === undefined
         ? await execute(invocation.action, invocation.message, invocation.ctx)
         : await (tracing as Tracing).runAction(span, () => execute(invocation.action, invocation.message, invocation.ctx))
+      json = typeof result === 'string' ? result : await this.stream(invocation, result)
     } catch (err) {
-      // After a timeout a late failure changes nothing: the client was answered already.
-      if (!invocation.timedOut) error = await failure(invocation, err)
+      // After a timeout or a cancel a late failure changes nothing: the client was answered already.
+      if (!answered(invocation)) error = await failure(invocation, err)
     }
     if (limit > 0) this.deadlines.delete(invocation)
     try {
-      if (!invocation.timedOut) {
+      // Neither a reply nor an error: a stream stopped because its peer is gone.
+      if (!answered(invocation)) {
         if (json !== undefined) invocation.answer.reply(invocation, json)
-        else invocation.answer.fail(invocation, error as WireError)
+        else if (error !== undefined) invocation.answer.fail(invocation, error)
         this.metrics?.action(invocation.action, invocation.ctx.statusCode, (performance.now() - invocation.started) / 1000)
       }
     } catch (err) {
       invocation.ctx.log.error({ err }, 'answering the action failed')
     }
-    answered(invocation.ctx)
+    notifyAnswered(invocation.ctx)
     this.inFlight--
     if (this.inFlight === 0 && this.drained !== undefined) this.drained()
     // A timed-out action's span lasts until its handler ends: that is how long it held the server.
@@ -111,9 +98,37 @@ export class ActionRunner {
     invocation.answer.ended(invocation)
   }
 
+  /** Streams the handler's items through the transport's writer; see lib/stream.ts. */
+  private async stream (invocation: Invocation, stream: Streamed): Promise<string | undefined> {
+    const writer = invocation.answer.streamWriter?.(invocation) ?? new StreamNotSupportedError()
+    if (writer instanceof Error) {
+      await stream[Symbol.asyncIterator]().return?.()
+      throw writer
+    }
+    return await pump(invocation, stream, writer, this.clock)
+  }
+
+  /**
+   * `$request/cancel`: aborts ctx.signal, answers CANCELLED now (after onError hooks), and lets a
+   * stream see it at its next step. The handler keeps its in-flight slot until it really ends.
+   * Resolves to false when the action was answered already.
+   */
+  async cancel (invocation: Invocation): Promise<boolean> {
+    if (answered(invocation)) return false
+    invocation.cancelled = true
+    this.deadlines.delete(invocation)
+    const error = new CancelledError()
+    abortContext(invocation.ctx, error)
+    invocation.wake?.()
+    invocation.answer.fail(invocation, await failure(invocation, error))
+    return true
+  }
+
   /** The sweep found an action overdue: answer ACTION_TIMEOUT now and run onTimeout. */
   private expire (invocation: Invocation): void {
+    if (invocation.cancelled) return
     invocation.timedOut = true
+    invocation.wake?.()
     const error = new ActionTimeoutError(this.timeLimit(invocation.action))
     abortContext(invocation.ctx, error)
     failure(invocation, error)
@@ -139,11 +154,15 @@ export class ActionRunner {
   }
 }
 
-/** Hooks, validation, handler, onSend, serialization: resolves to the serialized data. */
-async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string> {
+/**
+ * Hooks, validation, handler, onSend, serialization: resolves to the serialized data, or to the
+ * stream a streaming handler returned (its onSend hooks run on its final value, in lib/stream.ts).
+ */
+async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string | Streamed> {
   if (!action.hasHooks) {
     validate(action, message)
-    return action.serialize(await action.handler.call(action.scope, message, ctx))
+    const data = await action.handler.call(action.scope, message, ctx)
+    return isStream(data) ? data : action.serialize(data)
   }
   const hooks = action.hooks
   if (hooks.onRequest.length > 0) await runHooks(hooks.onRequest, message, ctx)
@@ -151,6 +170,7 @@ async function execute (action: CompiledAction, message: Envelope, ctx: ActionCo
   validate(action, message)
   if (hooks.preHandler.length > 0) await runHooks(hooks.preHandler, message, ctx)
   let data = await action.handler.call(action.scope, message, ctx)
+  if (isStream(data)) return data
   if (hooks.onSend.length > 0) data = await runSendHooks(hooks.onSend, message, ctx, data)
   return action.serialize(data)
 }
@@ -174,6 +194,11 @@ async function failure (invocation: Invocation, err: unknown): Promise<WireError
   const hooks = timedOut ? action.hooks.onTimeout : action.hooks.onError
   if (hooks.length > 0) await runSafeHooks(hooks, ctx.log, timedOut ? 'onTimeout' : 'onError', message, ctx, err)
   return wire
+}
+
+/** Whether the client was answered already, by the time limit or a cancel. */
+function answered (invocation: Invocation): boolean {
+  return invocation.timedOut || invocation.cancelled
 }
 
 /** onResponse hooks, once the transport has answered; their errors are only logged. */

@@ -20,6 +20,8 @@ import type { ResolvedOptions } from './options.js'
 import { MAX_NAME_LENGTH, type Envelope, type ParseOptions } from './protocol.js'
 import { compileAction, emptyChain, ResourceRegistry, type CompiledAction, type HookChain } from './resources.js'
 import { PRESENCE_RESOURCE, PresenceTracker } from './presence.js'
+import { cancelAction, REQUEST_RESOURCE } from './stream.js'
+import { TopicSchemas } from './typed-topics.js'
 import { isUserTopic, UserDirectory } from './users.js'
 import { ALL_TOPIC, featuresOf, parsePattern, topicProblem, Subscriptions, TopicPatterns, type DeclaredTopic, type Peer } from './topics.js'
 
@@ -57,6 +59,10 @@ export class Runtime implements ContextHost<Peer> {
   private readonly scopeHooks = new WeakMap<object, Record<ActionHookName, CompiledHook[]>>()
   /** Unsubscribing from a topic that matches no declaration, which a handler may have subscribed. */
   private readonly plainUnsubscribe: CompiledAction
+  /** `$request/cancel` (lib/stream.ts). */
+  private readonly cancelAction: CompiledAction
+  /** Schemas of declared topics, enforced on publish and on receipt (lib/typed-topics.ts). */
+  readonly topicSchemas = new TopicSchemas()
   /** Bytes held for all connections: backlogs of slow sockets, unfinished incoming messages. */
   readonly totals = { buffered: 0, incomplete: 0 }
   /** Plain counts of traffic, read by the metrics at scrape time (lib/metrics.ts). */
@@ -77,6 +83,7 @@ export class Runtime implements ContextHost<Peer> {
     this.users = new UserDirectory(this.broker, (err, op, topic) => this.log.error({ err, topic }, `broker ${op} failed`))
     for (const name of APPLICATION_HOOKS) this.appHooks[name] = []
     this.plainUnsubscribe = this.topicAction(root, 'unsubscribe', undefined)
+    this.cancelAction = cancelAction(root)
   }
 
   // ---- declarations -------------------------------------------------------------------------
@@ -94,6 +101,7 @@ export class Runtime implements ContextHost<Peer> {
   declareTopic (scope: FastifyInstance, pattern: unknown, options: unknown): void {
     const declared = parsePattern(pattern, options, scope)
     this.history.declare(declared)
+    this.topicSchemas.declare(declared)
     this.patterns.add(declared)
     // First: the subscribe action of a presence topic differs (it delivers the joiner's $join).
     const presenceGet = this.presence.declare(scope, declared)
@@ -126,6 +134,7 @@ export class Runtime implements ContextHost<Peer> {
     for (const actions of this.topicActions.values()) { this.link(actions.subscribe); this.link(actions.unsubscribe) }
     for (const action of this.presence.actions.values()) this.link(action)
     this.link(this.plainUnsubscribe)
+    this.link(this.cancelAction)
   }
 
   /** A topic needing what the broker cannot do is refused, never served by a per-instance substitute. */
@@ -157,6 +166,7 @@ export class Runtime implements ContextHost<Peer> {
   resolve (conn: Peer, message: Envelope): CompiledAction | Error {
     if (message.resource === TOPIC_RESOURCE) return this.resolveTopicAction(conn, message)
     if (message.resource === PRESENCE_RESOURCE) return this.presence.resolve(message)
+    if (message.resource === REQUEST_RESOURCE) return message.action === 'cancel' ? this.cancelAction : new ActionNotFoundError(message.action, REQUEST_RESOURCE)
     const actions = this.registry.resources.get(message.resource)
     if (actions === undefined) return new ResourceNotFoundError(message.resource)
     return actions.get(message.action) ?? new ActionNotFoundError(message.action, message.resource)
@@ -261,6 +271,7 @@ export class Runtime implements ContextHost<Peer> {
     for (const t of topics) this.checkTopic(t)
     const event = options?.event
     if (event !== undefined && typeof event !== 'string') throw new InvalidTopicError(`event must be a string, received ${describe(event)}`)
+    this.topicSchemas.check(this.patterns, topics, data)
     if (this.history.enabled) return this.publishWithHistory(topics, data, options)
     const json = JSON.stringify(data) ?? 'null'
     if (this.tracing?.active === true) return this.tracedPublish(topics, json, data, options, from)
@@ -329,6 +340,7 @@ export class Runtime implements ContextHost<Peer> {
   /** What a broker calls with a publication from another process (or, for history topics, any). */
   deliver (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void {
     if (this.users.intercept(topic, data, event)) return
+    if (this.dropsInvalid(topic, data)) return
     if (this.history.enabled && this.history.policyOf(topic) !== undefined) {
       this.history.deliver(topic, data, event, meta)
       return
@@ -357,6 +369,16 @@ export class Runtime implements ContextHost<Peer> {
     const span = this.tracing.startDelivery(topic, this.broker.name, traceparent, this.patterns.match(topic)?.declared.pattern)
     const delivered = this.deliverJson(topic, json, event)
     if (span !== undefined) this.tracing.endDelivery(span, delivered)
+  }
+
+  /** A publication from the broker that fails its topic's schema reaches nobody: one warning, no payload. */
+  private dropsInvalid (topic: string, data: unknown): boolean {
+    const problem = this.topicSchemas.problems(this.patterns, topic, data)
+    if (problem === undefined) return false
+    this.topicSchemas.dropped++
+    this.stats.droppedInvalid++
+    this.log.warn({ topic, pattern: problem.pattern, details: problem.details }, 'dropped a publication from the broker that fails its topic schema')
+    return true
   }
 
   /** Writes the publication to the local subscribers; returns how many got it. */

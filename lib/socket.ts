@@ -46,6 +46,8 @@ export interface RawSocket {
   on (event: 'data', listener: (this: RawSocket) => void): void
   once (event: 'drain', listener: (this: RawSocket) => void): void
   writableLength: number
+  /** Set when a write was refused for a full buffer: 'drain' will follow. */
+  writableNeedDrain: boolean
   destroyed: boolean
   [kOwner]?: SocketOwner
 }

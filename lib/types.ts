@@ -122,7 +122,17 @@ export type ActionData<X> =
 export type ActionReply<X> =
   X extends { schema: { reply: infer S extends TSchema } }
     ? Static<S>
-    : HandlerOf<X> extends (...args: any[]) => infer R ? Awaited<R> : unknown
+    : HandlerOf<X> extends (...args: any[]) => infer R ? FinalReply<Awaited<R>> : unknown
+
+/** A streaming handler's reply is its generator's return value (`null` when it returns nothing). */
+type FinalReply<R> =
+  R extends AsyncGenerator<any, infer Ret, any> ? ([Ret] extends [void] ? null : Ret)
+    : R extends AsyncIterable<any> ? null
+      : R
+
+/** What a streaming action yields (the items of `client.stream`); `never` for a plain action. */
+export type ActionItem<X> =
+  HandlerOf<X> extends (...args: any[]) => infer R ? (Awaited<R> extends AsyncIterable<infer I> ? I : never) : unknown
 
 /** `rooms/:id/messages` -> `rooms/${string}/messages` */
 export type TopicString<P extends string> =
@@ -135,7 +145,11 @@ export type TopicString<P extends string> =
 export interface InferApi<T extends DrizzleResource<string, any> | DrizzleTopic<string, any>> {
   resources: {
     [R in Extract<T, DrizzleResource<string, any>> as R['name']]: {
-      [K in keyof NonNullable<R['~actions']>]: { data: ActionData<NonNullable<R['~actions']>[K]>, reply: ActionReply<NonNullable<R['~actions']>[K]> }
+      [K in keyof NonNullable<R['~actions']>]: {
+        data: ActionData<NonNullable<R['~actions']>[K]>
+        reply: ActionReply<NonNullable<R['~actions']>[K]>
+        item: ActionItem<NonNullable<R['~actions']>[K]>
+      }
     }
   }
   topics: {
@@ -145,6 +159,6 @@ export interface InferApi<T extends DrizzleResource<string, any> | DrizzleTopic<
 
 /** The shape of an API type, for clients that are not given one. */
 export interface AnyApi {
-  resources: Record<string, Record<string, { data: unknown, reply: unknown }>>
+  resources: Record<string, Record<string, { data: unknown, reply: unknown, item?: unknown }>>
   topics: Record<string, unknown>
 }

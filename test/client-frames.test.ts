@@ -25,7 +25,10 @@ test('a frame with a string topic is a publication; event is kept only when it i
 })
 
 test('a reply to a numbered request carries its data, or the error its frame describes', () => {
-  assert.deepEqual(classifyFrame('{"data":[1],"request_id":3}'), { kind: 'reply', reply: { requestId: 3, data: [1], error: undefined } })
+  assert.deepEqual(classifyFrame('{"data":[1],"request_id":3}'), { kind: 'reply', reply: { requestId: 3, data: [1], error: undefined, more: false } })
+  // One item of a streamed reply; `more` means nothing on an error frame.
+  assert.deepEqual(classifyFrame('{"data":[1],"request_id":3,"more":true}'), { kind: 'reply', reply: { requestId: 3, data: [1], error: undefined, more: true } })
+  assert.equal((classifyFrame('{"request_id":3,"code":"X","error":"x","more":true}') as { reply: { more: boolean } }).reply.more, false)
   const incoming = classifyFrame('{"request_id":4,"code":"FORBIDDEN","error":"no","statusCode":403,"details":[{"path":"/x"}]}')
   assert.equal(incoming.kind, 'reply')
   const error = (incoming as { reply: { error: DrizzleClientError } }).reply.error

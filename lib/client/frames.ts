@@ -13,11 +13,16 @@ export type Incoming =
   /** A reply no request can be waiting for (an id the client never uses); dropped. */
   | { readonly kind: 'ignored' }
 
-/** A reply to request `requestId`: `error` is set for an error frame, else `data` is the result. */
+/**
+ * A reply to request `requestId`: `error` is set for an error frame, else `data` is the result.
+ * `more` marks one item of a streamed reply (`{"data", "request_id", "more": true}`); the stream's
+ * end is an ordinary reply or error frame.
+ */
 export interface Reply {
   readonly requestId: number
   readonly data: unknown
   readonly error: DrizzleClientError | undefined
+  readonly more: boolean
 }
 
 /** The fields of a decoded frame the client reads; every one is checked before use. */
@@ -31,6 +36,7 @@ interface Frame {
   topic?: unknown
   event?: unknown
   offset?: unknown
+  more?: unknown
 }
 
 /** `{"resource", "action", "data"?, "request_id"}`: `data` left out when there is none. */
@@ -49,7 +55,7 @@ export function classifyFrame (raw: unknown): Incoming {
   }
   const error = serverError(frame)
   // The client numbers its requests, so only a number can answer one.
-  if (typeof frame.request_id === 'number') return { kind: 'reply', reply: { requestId: frame.request_id, data: frame.data, error } }
+  if (typeof frame.request_id === 'number') return { kind: 'reply', reply: { requestId: frame.request_id, data: frame.data, error, more: error === undefined && frame.more === true } }
   if (error !== undefined && frame.request_id === null) return { kind: 'error', error }
   return { kind: 'ignored' }
 }

@@ -18,9 +18,10 @@ import { Emitter } from './emitter.js'
 import { classifyFrame } from './frames.js'
 import { resolveOptions, type DrizzleClientOptions, type RequestOptions } from './options.js'
 import { PendingRequests } from './requests.js'
+import { streamRequest } from './stream.js'
 import { ClientTopics } from './topics.js'
 import type {
-  ActionName, ClientEvents, ClientState, ConnectOption, PresenceMember, RequestData, RequestReply, ResourceName, SubscribeOptions, TopicData,
+  ActionName, ClientEvents, ClientState, ConnectOption, PresenceMember, RequestData, RequestReply, ResourceName, StreamItem, SubscribeOptions, TopicData,
   TopicListener, TopicName, Unsubscribe
 } from './types.js'
 
@@ -29,7 +30,7 @@ export type { DrizzleClientErrorOptions, DrizzleClientErrorType } from './errors
 export type { DrizzleClientOptions, ReconnectOptions, RequestOptions } from './options.js'
 export type {
   ActionName, ClientEvents, ClientState, ConnectOption, ConnectTarget, PresenceEvent, PresenceListener, PresenceMember, Position, Publication, RecoveryResult,
-  RequestData, RequestReply, ResourceName, SubscribeOptions, TopicData, TopicListener, TopicName, Unsubscribe, WebSocketConstructor, WebSocketLike
+  RequestData, RequestReply, ResourceName, StreamItem, SubscribeOptions, TopicData, TopicListener, TopicName, Unsubscribe, WebSocketConstructor, WebSocketLike
 } from './types.js'
 
 /** `data` may be left out when the action's data type accepts undefined (no schema: unknown). */
@@ -80,6 +81,21 @@ export class DrizzleClient<Api extends AnyApi = AnyApi> {
   ): Promise<RequestReply<Api, R, A>> {
     const [data, options] = args
     return this.requests.add(resource, action, data, options) as Promise<RequestReply<Api, R, A>>
+  }
+
+  /**
+   * Performs a streaming action (a server handler that is an async generator) and yields its items
+   * as they come: `for await (const row of client.stream('rows', 'query', { q }, { signal }))`.
+   * Leaving the loop early (`break`), aborting `signal` or the timeout (the longest wait for the
+   * next item) cancels it on the server with `$request/cancel`. The generator's return value is the
+   * final reply's data; an error frame (a handler's error, CANCELLED) is thrown from the loop. On a
+   * plain action it yields nothing and returns the reply.
+   */
+  stream<R extends ResourceName<Api>, A extends ActionName<Api, R>> (
+    resource: R, action: A, ...args: RequestArgs<RequestData<Api, R, A>>
+  ): AsyncGenerator<StreamItem<Api, R, A>, RequestReply<Api, R, A>, undefined> {
+    const [data, options] = args
+    return streamRequest(this.requests, resource, action, data, options) as AsyncGenerator<StreamItem<Api, R, A>, RequestReply<Api, R, A>, undefined>
   }
 
   /**

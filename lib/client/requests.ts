@@ -19,9 +19,19 @@ interface Pending {
   readonly frame: string
   readonly resolve: (data: unknown) => void
   readonly reject: (err: unknown) => void
+  /** Takes the items of a streamed reply; undefined for `request()`, which ignores them. */
+  readonly onItem: ((data: unknown) => void) | undefined
   /** Written to the current socket (a disconnect rejects it); otherwise it waits for the next open. */
   sent: boolean
   cleanup: () => void
+  /** Starts the timeout again: a stream's timeout is the longest wait for its next frame. */
+  rearm: () => void
+}
+
+/** A request under way: its id (for `$request/cancel`) and its final reply. */
+export interface Call {
+  readonly id: number
+  readonly done: Promise<unknown>
 }
 
 const MAX_TIMER = 2_147_483_647 // setTimeout fires at once above this
@@ -37,29 +47,57 @@ export class PendingRequests {
    * request waits for `flush` (within its timeout); it rejects at once when the client is closed.
    */
   add (resource: string, action: string, data: unknown, options: RequestOptions = {}): Promise<unknown> {
+    return this.open(resource, action, data, options, undefined).done
+  }
+
+  /**
+   * Sends a request whose reply may be streamed: `onItem` gets each item, `done` the final reply.
+   * Aborting it or its timeout (the longest wait for its next frame) cancels it on the server too.
+   */
+  open (resource: string, action: string, data: unknown, options: RequestOptions = {}, onItem: ((data: unknown) => void) | undefined): Call {
     const signal = options.signal
-    if (signal?.aborted === true) return Promise.reject(signal.reason)
-    if (this.link.state === 'closed') return Promise.reject(new DrizzleClientError('disconnect', 'Client is closed'))
-    const timeout = positive(options.timeout, this.defaultTimeout, 'timeout')
     const id = ++this.nextId
+    if (signal?.aborted === true) return { id, done: Promise.reject(signal.reason) }
+    if (this.link.state === 'closed') return { id, done: Promise.reject(new DrizzleClientError('disconnect', 'Client is closed')) }
+    const timeout = positive(options.timeout, this.defaultTimeout, 'timeout')
     const frame = encodeRequest(resource, action, data, id)
-    return new Promise((resolve, reject) => {
-      const entry: Pending = { id, frame, resolve, reject, sent: false, cleanup: noop }
-      const onAbort = (): void => { this.finish(entry, signal?.reason, false) }
-      const timer = setTimeout(() => {
-        this.finish(entry, new DrizzleClientError('timeout', `${resource}.${action} got no reply within ${timeout} ms`, { requestId: id }), false)
-      }, Math.min(timeout, MAX_TIMER))
+    const done = new Promise((resolve, reject) => {
+      const entry: Pending = { id, frame, resolve, reject, onItem, sent: false, cleanup: noop, rearm: noop }
+      const end = (reason: unknown): void => { if (onItem === undefined) this.finish(entry, reason, false); else this.cancel(id, reason) }
+      const onAbort = (): void => { end(signal?.reason) }
+      const expire = (): void => { end(new DrizzleClientError('timeout', `${resource}.${action} got no reply within ${timeout} ms`, { requestId: id })) }
+      let timer = setTimeout(expire, Math.min(timeout, MAX_TIMER))
       signal?.addEventListener('abort', onAbort, { once: true })
       entry.cleanup = () => { clearTimeout(timer); signal?.removeEventListener('abort', onAbort) }
+      entry.rearm = () => { clearTimeout(timer); timer = setTimeout(expire, Math.min(timeout, MAX_TIMER)) }
       this.pending.set(id, entry)
       if (this.link.state === 'open') this.write(entry)
     })
+    return { id, done }
+  }
+
+  /**
+   * Ends a request here with `reason` and, when the server has it, asks the server to cancel it
+   * (`$request/cancel`; its answer is not awaited). Its late frames are then dropped.
+   */
+  cancel (id: number, reason: unknown): void {
+    const entry = this.pending.get(id)
+    if (entry === undefined) return
+    const sent = entry.sent
+    this.finish(entry, reason, false)
+    if (sent && this.link.state === 'open') this.add('$request', 'cancel', { request_id: id }).catch(noop)
   }
 
   /** Ends the request a reply answers; false when none waits for it (it timed out or was aborted). */
   answer (reply: Reply): boolean {
     const entry = this.pending.get(reply.requestId)
     if (entry === undefined) return false
+    if (reply.more) {
+      // request() on a streaming action resolves with the final reply only.
+      entry.rearm()
+      entry.onItem?.(reply.data)
+      return true
+    }
     this.finish(entry, reply.error ?? reply.data, reply.error === undefined)
     return true
   }

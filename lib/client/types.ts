@@ -49,6 +49,10 @@ export type RequestData<Api extends AnyApi, R extends ResourceName<Api>, A exten
 export type RequestReply<Api extends AnyApi, R extends ResourceName<Api>, A extends ActionName<Api, R>> =
   Resources<Api>[R][A] extends { reply: infer T } ? T : unknown
 
+/** The items a streaming action yields (its generator's yield type); `never` for plain actions. */
+export type StreamItem<Api extends AnyApi, R extends ResourceName<Api>, A extends ActionName<Api, R>> =
+  Resources<Api>[R][A] extends { item: infer I } ? I : unknown
+
 export type TopicName<Api extends AnyApi> = keyof Api['topics'] & string
 export type TopicData<Api extends AnyApi, T extends string> = T extends keyof Api['topics'] ? Api['topics'][T] : unknown
 

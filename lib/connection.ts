@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
@@ -9,7 +8,7 @@ import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecy
 import { encodeError, encodeId, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type RequestIdValue, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, drained, heldBytes, infoEnabled, isProtocolError, kOwner, onRawData, onRawDrain, OPEN, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, drained, flatUuid, heldBytes, infoEnabled, kOwner, listenTo, onRawData, onRawDrain, OPEN, rawSocketOf, stopListening, type FrameOwner, type RawSocket, type SocketOwner } from './socket.js'
 import { ALL_TOPIC } from './topics.js'
 import { userOf } from './users.js'
 import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from './stream.js'
@@ -23,11 +22,7 @@ export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
 /** A Buffer holding UTF-8 JSON still goes out as a text frame. */
 const TEXT_FRAME = { binary: false }
 
-/** The Connection behind a ws socket, for the listeners below (shared by all sockets, not closures). */
-const kConnection = Symbol('fastify-drizzle.owner')
-type OwnedSocket = WebSocket & { [kConnection]: Connection }
-
-export class Connection implements Peer, Answer, SocketOwner, StreamWriter, Cancellable {
+export class Connection implements Peer, Answer, SocketOwner, FrameOwner, StreamWriter, Cancellable {
   readonly topics = new Set<string>()
   readonly log: FastifyBaseLogger
   readonly user: string | null
@@ -85,12 +80,7 @@ export class Connection implements Peer, Answer, SocketOwner, StreamWriter, Canc
     // Actions without a traceparent of their own continue the upgrade request's trace.
     if (rt.tracing?.active === true) rt.tracing.captureUpgrade(this.request)
     rt.users.add(this)
-    const socket = this.socket as OwnedSocket
-    socket[kConnection] = this
-    socket.on('message', onMessage)
-    socket.on('pong', onPong)
-    socket.on('error', onError)
-    socket.on('close', onClose)
+    listenTo(this.socket, this)
     const raw = rawSocketOf(this.socket)
     if (raw !== undefined) {
       raw[kOwner] = this
@@ -248,9 +238,7 @@ export class Connection implements Peer, Answer, SocketOwner, StreamWriter, Canc
     const topics = rt.subscriptions.removeAll(this)
     rt.users.remove(this)
     rt.presence.closed(this)
-    this.socket.removeListener('message', onMessage)
-    this.socket.removeListener('pong', onPong)
-    this.socket.removeListener('close', onClose)
+    stopListening(this.socket)
     this.log.debug({ connection: this.id, code }, 'connection closed')
     if (this.signals !== undefined) {
       const reason = new ConnectionClosedError()
@@ -484,35 +472,4 @@ export class Connection implements Peer, Answer, SocketOwner, StreamWriter, Canc
     this.close(code, reason)
     this.isClosed = true
   }
-}
-
-// ---- the socket's listeners: one function each for all sockets, `this` being the ws socket ----
-
-function onMessage (this: WebSocket, raw: Buffer, isBinary: boolean): void {
-  const conn = (this as OwnedSocket)[kConnection]
-  conn.completedMessage = true
-  try {
-    conn.handleFrame(raw, isBinary)
-  } catch (err) {
-    conn.log.error({ err }, 'frame handling failed')
-  }
-}
-
-function onPong (this: WebSocket): void { (this as OwnedSocket)[kConnection].ponged() }
-
-// Protocol violations are logged once, by the plugin's @fastify/websocket errorHandler.
-function onError (this: WebSocket, err: Error): void {
-  if (!isProtocolError(err)) (this as OwnedSocket)[kConnection].log.debug({ err }, 'websocket error')
-}
-
-function onClose (this: WebSocket, code: number): void { (this as OwnedSocket)[kConnection].handleClose(code) }
-
-/**
- * A UUID as one flat string: randomUUID() returns a tree of ~20 concatenated pieces (about 500 bytes
- * of heap for as long as the string lives); reading a character makes V8 flatten it to ~60 bytes.
- */
-function flatUuid (): string {
-  const id = randomUUID()
-  id.charCodeAt(0)
-  return id
 }

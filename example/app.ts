@@ -51,6 +51,11 @@ function declare (app: FastifyInstance) {
     async watch (_message, ctx) {
       await ctx.subscribe('todos')
       return { watching: 'todos' }
+    },
+    // A streaming reply: one frame per todo ({"more": true}), then the count as the final reply.
+    async * export () {
+      for (const todo of todos.values()) yield todo
+      return { count: todos.size }
     }
   })
 

@@ -196,9 +196,11 @@ async function sendAction (event) {
   try {
     if (a.stream) {
       $('items').replaceChildren()
+      // next() by hand rather than for await: the final reply is the generator's return value.
       const stream = client.stream(a.resource, a.action, data)
-      for await (const item of stream) addItem(item)
-      showReply('ok', `stream ended after ${$('items').childElementCount} item(s)`)
+      let step
+      while (!(step = await stream.next()).done) addItem(step.value)
+      showReply('ok', `stream ended after ${$('items').childElementCount} item(s), final reply:\n${pretty(step.value)}`)
     } else {
       showReply('ok', pretty(await client.request(a.resource, a.action, data)))
     }

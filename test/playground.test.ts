@@ -160,7 +160,8 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   const loadMs = Date.now() - started
   t.diagnostic(`page loaded, catalog filled and socket open in ${loadMs} ms`)
   const names = (list: string) => page.locator(`${list} button`).evaluateAll(buttons => buttons.map(b => (b as HTMLElement).dataset.name))
-  assert.deepEqual(await names('#actions'), ['todos.list', 'todos.create', 'todos.watch'])
+  assert.deepEqual(await names('#actions'), ['todos.list', 'todos.create', 'todos.watch', 'todos.export'])
+  assert.equal(await page.textContent('#actions button[data-name="todos.export"] .tag'), 'stream')
   const topics = await names('#topics') as string[]
   assert.ok(topics.includes('rooms/:id') && topics.includes('todos'), topics.join(', '))
   await shot('1-catalog')
@@ -206,12 +207,19 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   assert.match(await page.locator('#publications li').first().textContent() as string, /^todos · created/)
   await shot('4-publication')
 
+  // A stream shows its items as they come, then how it ended.
+  await page.click('#actions button[data-name="todos.export"]')
+  await page.click('#send')
+  await page.waitForSelector('#reply.ok:has-text("stream ended after 2 item(s)")')
+  assert.deepEqual((await page.locator('#items li').allTextContents()).map(text => JSON.parse(text).title), ['from the playground', 'from another client'])
+  await shot('5-stream')
+
   // A refused subscription says why.
   await page.click('#topics button[data-name="rooms/:id"]')
   await page.fill('#topic-name', 'rooms/private-1')
   await page.click('#subscribe')
   await page.waitForSelector('#topic-state:has-text("FORBIDDEN")')
-  await shot('5-forbidden')
+  await shot('6-forbidden')
 
   // Presence: the page and another client in the same room; the page lists both members.
   await page.fill('#topic-name', 'rooms/1')
@@ -224,13 +232,13 @@ test('the page in Chromium on the example app: catalog, an action, a publication
   await page.waitForSelector('#topic-state:has-text("2 member(s) in rooms/1")')
   assert.equal(await page.locator('#members li').count(), 2)
   await page.waitForSelector('#publications li:has-text("rooms/1 · $join")')
-  await shot('6-presence')
+  await shot('7-presence')
 
   // Readable in a dark color scheme too (the page follows prefers-color-scheme).
   await page.emulateMedia({ colorScheme: 'dark' })
   const colors = await page.evaluate(() => [getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color])
   assert.deepEqual(colors, ['rgb(23, 25, 28)', 'rgb(230, 231, 232)'])
-  await shot('7-dark')
+  await shot('8-dark')
 
   assert.deepEqual(pageErrors, [])
 })

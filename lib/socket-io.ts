@@ -1,0 +1,244 @@
+import { performance } from 'node:perf_hooks'
+import type { FastifyBaseLogger } from 'fastify'
+import type { WebSocket } from 'ws'
+import type { Runtime } from './runtime.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, drained, flatUuid, heldBytes, OPEN, onRawDrain, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
+
+// The bytes of one WebSocket, in and out: write coalescing, both backpressure rules (publications at
+// maxBufferedBytes, replies at twice that), this socket's shares of the server-wide totals (bytes
+// buffered, bytes of unfinished messages), drain waiters, and closing. Connection (lib/connection.ts)
+// extends it with the protocol: frames, actions, streams, subscriptions. One object per socket either
+// way: this is the part of its loop that knows nothing of frames.
+
+/** A Buffer holding UTF-8 JSON still goes out as a text frame. */
+const TEXT_FRAME = { binary: false }
+
+export abstract class SocketIO implements SocketOwner {
+  /** Set by each complete message, cleared by measureIncomplete(). */
+  completedMessage = false
+  protected isClosed = false
+  /** The TCP socket under the WebSocket while it is corked by write(). */
+  private corkedSocket: RawSocket | undefined
+  /** This socket's share of rt.totals.buffered: its bufferedAmount when last measured, if >= BACKLOG. */
+  private backlog = 0
+  /** Whether a 'drain' listener waits to correct `backlog`. */
+  private watchingDrain = false
+  /** This socket's share of rt.totals.incomplete: bytes of unfinished messages ws holds for it. */
+  private incomplete = 0
+  /** When the unfinished message began: when unfinished data appeared after a complete message. */
+  private incompleteSince = 0
+  /** Streams paused until this socket drains (lib/stream.ts). */
+  private drainWaiters: Array<() => void> | undefined
+  // Made on first read: an idle connection should cost no more heap than a bare ws socket (the
+  // benchmark's memory scenario), and most connections never read it.
+  private uuid: string | undefined
+
+  constructor (readonly socket: WebSocket, protected readonly rt: Runtime, readonly log: FastifyBaseLogger) {}
+
+  get closed (): boolean { return this.isClosed }
+
+  /** Unique across processes (a UUID). */
+  get id (): string { return (this.uuid ??= flatUuid()) }
+
+  /** At close: this socket's shares of the totals go back, and paused streams see it gone. */
+  protected released (): void {
+    this.isClosed = true
+    this.rt.totals.buffered -= this.backlog
+    this.rt.totals.incomplete -= this.incomplete
+    this.backlog = this.incomplete = 0
+    this.wakeWriters()
+  }
+
+  /**
+   * Counts the bytes ws holds for messages not yet complete (fragments, a partly received frame) in
+   * the total of all sockets. The socket that takes the total past maxIncompleteBytesTotal is closed
+   * with 1009 and no longer read: peers that never finish their messages cannot add up.
+   */
+  measureIncomplete (): void {
+    const held = heldBytes(this.socket)
+    if (held === undefined) return
+    const before = this.incomplete
+    // The time limit counts from the start of the message now unfinished. Only a completed message
+    // starts a new one: the bytes held shrink too when ws consumes a frame header, so a peer
+    // trickling empty fragments would otherwise restart the clock forever, and they may keep
+    // growing across chunks of a steady stream whose messages all complete.
+    if (held > 0 && (before === 0 || this.completedMessage)) this.incompleteSince = performance.now()
+    this.completedMessage = false
+    if (held === before) return
+    const totals = this.rt.totals
+    totals.incomplete += held - before
+    this.incomplete = held
+    if (held > before && totals.incomplete > this.rt.options.maxIncompleteBytesTotal) {
+      this.stopReading(CLOSE.MESSAGE_TOO_BIG, 'Too much unfinished data on the server', { incompleteBytes: held, incompleteTotal: totals.incomplete })
+    }
+  }
+
+  /** The sweep's check: a message unfinished for longer than incompleteTimeout closes the socket with 1008. */
+  checkIncomplete (now: number): void {
+    const limit = this.rt.options.incompleteTimeout
+    if (this.incomplete === 0 || limit === 0 || now - this.incompleteSince < limit || this.isClosed) return
+    this.stopReading(CLOSE.POLICY_VIOLATION, 'Message not completed in time', { incompleteBytes: this.incomplete, ms: Math.round(now - this.incompleteSince) })
+  }
+
+  /** Closes for unfinished data and reads no more: the close handshake then ends by ws's closeTimeout. */
+  protected stopReading (code: number, reason: string, fields: Record<string, unknown>): void {
+    this.shut(code, reason, 'connection closed: ' + reason.toLowerCase(), fields)
+    rawSocketOf(this.socket)?.pause()
+  }
+
+  /**
+   * Writes a reply. Replies are never dropped (every request gets one), so a peer that sends requests
+   * and never reads the replies would have the server buffer them without bound. Publications stop at
+   * maxBufferedBytes; replies get as much again, then the peer is closed with 1013 whatever the
+   * slowConsumer policy says.
+   */
+  protected sendReply (frame: string): void {
+    const buffered = this.measureBacklog()
+    if (buffered > 2 * this.rt.options.maxBufferedBytes || this.overTotal(buffered)) {
+      if (!this.isClosed) this.rt.stats.closedSlow++
+      this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed: replies not read', { bufferedAmount: buffered, bufferedTotal: this.rt.totals.buffered })
+      return
+    }
+    this.write(frame)
+  }
+
+  /** Writes a publication unless the socket is a slow consumer; then drops it or closes the socket. */
+  sendPublication (frame: Buffer): boolean {
+    // A slow consumer being closed stays subscribed until its close completes (up to ws's
+    // closeTimeout): skip it quietly instead of closing and logging it again for every publication.
+    if (this.isClosed) return false
+    const buffered = this.measureBacklog()
+    if (buffered > this.rt.options.maxBufferedBytes || this.overTotal(buffered)) {
+      this.rt.stats.droppedSlow++
+      if (this.rt.options.slowConsumer === 'close') {
+        this.rt.stats.closedSlow++
+        this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed', { bufferedAmount: buffered, bufferedTotal: this.rt.totals.buffered })
+      }
+      return false
+    }
+    return this.write(frame)
+  }
+
+  /**
+   * The socket's bufferedAmount, also counted in rt.totals.buffered when it is a backlog (>= BACKLOG);
+   * the count is corrected at the next write or when the TCP socket drains.
+   */
+  measureBacklog (): number {
+    const buffered = this.socket.bufferedAmount
+    const counted = buffered >= BACKLOG ? buffered : 0
+    const before = this.backlog
+    if (counted !== before) {
+      this.rt.totals.buffered += counted - before
+      this.backlog = counted
+      if (counted > 0 && !this.watchingDrain) {
+        this.watchingDrain = true
+        rawSocketOf(this.socket)?.once('drain', onRawDrain)
+      }
+    }
+    return buffered
+  }
+
+  /** Resolves once the socket has no backlog: a history replay waits for it rather than being dropped. */
+  whenDrained (): Promise<void> { return this.isClosed ? Promise.resolve() : drained(this.socket) }
+
+  /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */
+  drained (): void {
+    this.watchingDrain = false
+    this.measureBacklog()
+    this.wakeWriters()
+  }
+
+  /**
+   * A stream is pulled only while the socket holds at most half of maxBufferedBytes, whatever the
+   * slowConsumer policy: the other half is left to publications, so a reader that is merely slower
+   * than its stream is not taken for a slow consumer (and closed) by the next publication.
+   */
+  writable (): boolean {
+    const buffered = this.measureBacklog()
+    return buffered <= this.rt.options.maxBufferedBytes / 2 && !this.overTotal(buffered)
+  }
+
+  /**
+   * Wakes `wake` when the TCP socket drains. 'drain' only follows a write the socket refused; a
+   * backlog of corked bytes that were never refused is looked at again on the next turn instead.
+   */
+  onWritable (wake: () => void): void {
+    const raw = rawSocketOf(this.socket)
+    if (this.isClosed || raw === undefined || raw.destroyed || !raw.writableNeedDrain) {
+      setImmediate(wake)
+      return
+    }
+    (this.drainWaiters ??= []).push(wake)
+    if (!this.watchingDrain) {
+      this.watchingDrain = true
+      raw.once('drain', onRawDrain)
+    }
+  }
+
+  get gone (): boolean { return this.isClosed }
+
+  protected wakeWriters (): void {
+    const waiters = this.drainWaiters
+    if (waiters === undefined) return
+    this.drainWaiters = undefined
+    for (const wake of waiters) wake()
+  }
+
+  /** Past maxBufferedBytesTotal, every socket with a backlog is a slow consumer. */
+  private overTotal (buffered: number): boolean {
+    return buffered >= BACKLOG && this.rt.totals.buffered > this.rt.options.maxBufferedBytesTotal
+  }
+
+  /** Writes a frame if the socket is still open; a closed socket is never written to. */
+  protected write (frame: string | Buffer): boolean {
+    if (this.isClosed || this.socket.readyState !== OPEN) return false
+    let raw = this.corkedSocket
+    if (raw === undefined) {
+      raw = rawSocketOf(this.socket)
+      if (raw !== undefined && !raw.destroyed) {
+        corkForTurn(raw, this)
+        this.corkedSocket = raw
+      }
+    }
+    if (typeof frame === 'string') this.socket.send(frame)
+    else this.socket.send(frame, TEXT_FRAME)
+    this.rt.stats.messagesOut++
+    if (raw !== undefined && raw.writableLength >= CORK_LIMIT) this.uncork()
+    return true
+  }
+
+  /** Flushes what write() corked (once per turn, or early at CORK_LIMIT bytes). */
+  uncork (): void {
+    const raw = this.corkedSocket
+    if (raw === undefined) return
+    this.corkedSocket = undefined
+    raw.uncork()
+  }
+
+  close (code = 1000, reason?: string): void {
+    if (this.socket.readyState === OPEN) this.socket.close(code, reason)
+  }
+
+  /** Closes with 1001 for shutdown; a peer that never answers the close is terminated after 1 s. */
+  closeForShutdown (): Promise<void> {
+    const socket = this.socket
+    if (socket.readyState === 3) return Promise.resolve()
+    return new Promise<void>(resolve => {
+      const timer = setTimeout(() => socket.terminate(), 1000)
+      socket.once('close', () => { clearTimeout(timer); resolve() })
+      socket.close(CLOSE.GOING_AWAY, 'Server shutting down')
+    })
+  }
+
+  /**
+   * Stops serving a peer that broke a limit and closes it with `code`. It is marked closed at once:
+   * its close event may come only after ws's closeTimeout, and until then nothing more is read from it
+   * or written to it, and the warning is logged once.
+   */
+  protected shut (code: number, reason: string, why: string, fields: Record<string, unknown>): void {
+    if (this.isClosed) return
+    this.log.warn({ connection: this.id, ...fields }, why)
+    this.close(code, reason)
+    this.isClosed = true
+  }
+}

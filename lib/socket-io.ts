@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, drained, flatUuid, heldBytes, OPEN, onRawDrain, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onRawDrain, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 
 // The bytes of one WebSocket, in and out: write coalescing, both backpressure rules (publications at
 // maxBufferedBytes, replies at twice that), this socket's shares of the server-wide totals (bytes
@@ -139,7 +139,10 @@ export abstract class SocketIO implements SocketOwner {
   }
 
   /** Resolves once the socket has no backlog: a history replay waits for it rather than being dropped. */
-  whenDrained (): Promise<void> { return this.isClosed ? Promise.resolve() : drained(this.socket) }
+  whenDrained (): Promise<void> {
+    if (this.isClosed || this.socket.bufferedAmount < BACKLOG) return Promise.resolve()
+    return new Promise(resolve => { this.onWritable(resolve) })
+  }
 
   /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */
   drained (): void {

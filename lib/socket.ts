@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto'
-import type { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket } from 'ws'
 
@@ -110,20 +109,6 @@ function uncorkAll (): void {
 export function corkForTurn (raw: RawSocket, owner: SocketOwner): void {
   raw.cork()
   if (corked.push(owner) === 1) process.nextTick(uncorkAll)
-}
-
-/**
- * Resolves once a socket's backlog is written out (or its TCP socket closed): a history replay
- * (lib/history-feed.ts) is written as the socket drains instead of being dropped as a slow consumer's.
- */
-export function drained (socket: WebSocket): Promise<void> {
-  const raw = rawSocketOf(socket) as (RawSocket & EventEmitter) | undefined
-  if (raw === undefined || raw.destroyed || socket.bufferedAmount < BACKLOG) return Promise.resolve()
-  return new Promise(resolve => {
-    const done = (): void => { raw.off('drain', done); raw.off('close', done); resolve() }
-    raw.once('drain', done)
-    raw.once('close', done)
-  })
 }
 
 // ---- the ws socket's listeners: one function each for all sockets, `this` being the ws socket, so an

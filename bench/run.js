@@ -1,5 +1,6 @@
-// Benchmark orchestrator: `node bench/run.js [--quick] [--only=rt,fanout,memory,redis] [--reps=N]
-// [--impls=drizzle,bare,socketio,nes] [--rt=1x100,100x1] [--profile=<impl>] [--no-build] [--no-write]`.
+// Benchmark orchestrator: `node bench/run.js [--quick] [--only=rt,fanout,memory,redis,stream,presence]
+// [--reps=N] [--impls=drizzle,bare,socketio,nes] [--variants=drizzle-history,drizzle+metrics,...]
+// [--rt=1x100,100x1] [--profile=<impl>] [--no-build] [--no-write]`.
 //
 // Servers, load generators and the Redis publisher are child processes (IPC for control, 127.0.0.1
 // for traffic). Every scenario runs its implementations interleaved (A B C D, B C D A, ...) `reps`
@@ -18,17 +19,27 @@ const flag = (name) => argv.includes(`--${name}`)
 const value = (name, fallback) => argv.find(a => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback
 
 const QUICK = flag('quick')
-const ONLY = value('only', 'rt,fanout,memory,redis').split(',')
+const ALL = ['rt', 'fanout', 'memory', 'redis', 'stream', 'presence']
+const ONLY = value('only', ALL.join(',')).split(',')
 const REPS = Number(value('reps', 3))
 const PROFILE = value('profile', '')
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const IMPLS = value('impls', 'drizzle,bare,socketio,nes').split(',')
+// The second wave's features, each run beside plain drizzle in the same rotation (bench/server.js):
+// history (fan-out and Redis only: it changes nothing in a round trip), metrics, an OpenTelemetry SDK
+// sampling nothing, and `tracing: false`.
+const VARIANTS = value('variants', 'drizzle-history,drizzle+metrics,drizzle+otel-off,drizzle+notrace').split(',').filter(Boolean)
+const withVariants = (impls, scenario) => impls.includes('drizzle')
+  ? [...impls, ...VARIANTS.filter(v => scenario === 'redis' ? v === 'drizzle-history' : scenario !== 'rt' || v !== 'drizzle-history')]
+  : impls
 const RT_MODES = value('rt', '1x100,100x1').split(',')
 
-// Sizes: full run under 5 minutes on 2 cores, --quick under a minute.
+// Sizes: a full run takes about 15 minutes on 2 cores, --quick about one. Windows are long enough
+// that repeated full runs agree on server CPU per operation (the primary figure) within a few percent;
+// throughput on 2 cores is bounded by the load generators as much as by the server.
 const P = QUICK
-  ? { warmMs: 200, measureMs: 400, fanSizes: [500], fanPaced: { 500: 3 }, fanBurst: { 500: 10 }, memConns: 500, redisConns: 100, redisPaced: 5, redisBurst: 20 }
-  : { warmMs: 500, measureMs: 1500, fanSizes: [1000, 10000], fanPaced: { 1000: 10, 10000: 5 }, fanBurst: { 1000: 50, 10000: 10 }, memConns: 5000, redisConns: 1000, redisPaced: 20, redisBurst: 100 }
+  ? { warmMs: 200, measureMs: 500, fanSizes: [500], fanPaced: { 500: 5 }, fanBurst: { 500: 10 }, memConns: 500, redisConns: 100, redisPaced: 20, redisBurst: 20, streamItems: 5000, stormConns: 200 }
+  : { warmMs: 1000, measureMs: 3000, fanSizes: [1000, 10000], fanPaced: { 1000: 40, 10000: 12 }, fanBurst: { 1000: 50, 10000: 20 }, memConns: 5000, redisConns: 1000, redisPaced: 200, redisBurst: 100, streamItems: 20000, stormConns: 1000 }
 
 // ---- children -----------------------------------------------------------------------------------
 
@@ -111,9 +122,9 @@ async function startServer (impl, options = {}) {
   return server
 }
 
-async function startServers () {
-  const started = await Promise.all(IMPLS.map(impl => startServer(impl)))
-  return Object.fromEntries(IMPLS.map((impl, i) => [impl, started[i]]))
+async function startServers (impls) {
+  const started = await Promise.all(impls.map(impl => startServer(impl)))
+  return Object.fromEntries(impls.map((impl, i) => [impl, started[i]]))
 }
 
 const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms))
@@ -139,11 +150,12 @@ function record (rec) {
 
 /** (a) Round trips of a ~100-byte JSON request. */
 async function roundTrips (lg) {
-  const servers = await startServers()
+  const impls = withVariants(IMPLS, 'rt')
+  const servers = await startServers(impls)
   const modes = [{ name: 'rt-1x100', conns: 1, inflight: 100 }, { name: 'rt-100x1', conns: 100, inflight: 1 }]
   for (const mode of modes.filter(m => RT_MODES.includes(m.name.slice(3)))) {
     for (let rep = 0; rep < REPS; rep++) {
-      for (const impl of rotate(IMPLS, rep)) {
+      for (const impl of rotate(impls, rep)) {
         const server = servers[impl]
         const opened = await lg.rpc('connect', { impl, port: server.port, count: mode.conns })
         if (opened.opened !== mode.conns) throw new Error(`${impl}: opened ${opened.opened}/${mode.conns}`)
@@ -220,19 +232,23 @@ async function publishAndCollect (lgs, publisher, count, intervalMs, servers) {
   return t
 }
 
-/** (b) Fan-out: one process publishes to `size` subscribed sockets. */
+/**
+ * (b) Fan-out: one process publishes to `size` subscribed sockets, in two shapes. One publication at a
+ * time (each spaced until the previous one has long reached every socket: nothing coalesces across
+ * publications) gives the latency until all sockets have it and server CPU per delivery; a burst (one
+ * publication per event-loop turn) gives deliveries/s and CPU per delivery when writes coalesce.
+ */
 async function fanOut (lgs) {
-  const servers = await startServers()
+  const impls = withVariants(IMPLS, 'fanout')
+  const servers = await startServers(impls)
   for (const size of P.fanSizes) {
     for (let rep = 0; rep < REPS; rep++) {
-      for (const impl of rotate(IMPLS, rep)) {
+      for (const impl of rotate(impls, rep)) {
         const server = servers[impl]
         const conn = await connectAll(lgs, impl, [server.port], size)
         await subscribeAll(lgs, impl)
         await publishAndCollect(lgs, server, P.fanPaced[size], 0, [server]) // warm-up, not recorded
-        // Single publications, spaced: how long until every socket has one.
         const paced = await publishAndCollect(lgs, server, P.fanPaced[size], size >= 10000 ? 150 : size >= 1000 ? 40 : 20, [server])
-        // A burst: deliveries per second and server CPU per delivery.
         const burst = await publishAndCollect(lgs, server, P.fanBurst[size], 0, [server])
         await Promise.all(lgs.map(lg => lg.rpc('close')))
         const deliveries = size * P.fanBurst[size]
@@ -240,10 +256,11 @@ async function fanOut (lgs) {
           scenario: `fanout-${size}`,
           impl,
           rep,
+          cpuUsPerDeliveryOne: paced.cpuUs / (size * P.fanPaced[size]),
+          cpuUsPerDelivery: burst.cpuUs / deliveries,
           deliveriesPerSec: burst.lost === 0 ? deliveries / (burst.last - burst.first) * 1000 : NaN,
           allReceivedMs: paced.allReceived[paced.allReceived.length >> 1],
           allReceivedMaxMs: paced.allReceived[paced.allReceived.length - 1],
-          cpuUsPerDelivery: burst.cpuUs / deliveries,
           lost: paced.lost + burst.lost,
           deliveries: burst.total + paced.total,
           connectMs: Math.max(...conn.map(c => c.ms))
@@ -309,7 +326,7 @@ async function redis (lgs) {
     console.error(`bench: no Redis at ${REDIS_URL} (set REDIS_URL); skipping the cross-process scenario`)
     return
   }
-  const impls = IMPLS.filter(i => i !== 'nes') // @hapi/nes has no cross-process adapter
+  const impls = withVariants(IMPLS.filter(i => i !== 'nes'), 'redis') // @hapi/nes has no cross-process adapter
   const size = P.redisConns
   for (let rep = 0; rep < REPS; rep++) {
     for (const impl of rotate(impls, rep)) {
@@ -322,13 +339,16 @@ async function redis (lgs) {
         await subscribeAll(lgs, impl)
         await sleep(300) // SUBSCRIBE reaches Redis
         await publishAndCollect(lgs, publisher, P.redisPaced, 0, servers) // warm-up (fresh processes), not recorded
-        const paced = await publishAndCollect(lgs, publisher, P.redisPaced, QUICK ? 10 : 25, servers)
+        // One publication at a time, every 10 ms, the same rate for every implementation: latency
+        // percentiles at equal throughput; then a burst for deliveries/s.
+        const paced = await publishAndCollect(lgs, publisher, P.redisPaced, 10, servers)
         const burst = await publishAndCollect(lgs, publisher, P.redisBurst, 0, servers)
         const deliveries = size * P.redisBurst
         record({
           scenario: `redis-2x${size / 2}`,
           impl,
           rep,
+          cpuUsPerDeliveryOne: paced.cpuUs / (size * P.redisPaced),
           deliveriesPerSec: burst.lost === 0 ? deliveries / (burst.last - burst.first) * 1000 : NaN,
           allReceivedMs: paced.allReceived[paced.allReceived.length >> 1],
           allReceivedP99Ms: paced.allReceived[Math.ceil(paced.allReceived.length * 0.99) - 1],
@@ -342,6 +362,54 @@ async function redis (lgs) {
       }
     }
   }
+}
+
+/** Runs `node --import tsx bench/<script> <args>` to its end; resolves to the last JSON line it printed. */
+function runScript (script, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bench', script), ...args], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] })
+    children.add(child)
+    let out = ''
+    child.stdout.on('data', (chunk) => { out += chunk })
+    const timer = setTimeout(() => child.kill('SIGKILL'), 300000)
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer)
+      children.delete(child)
+      const last = out.trim().split('\n').reverse().find(line => line.startsWith('{'))
+      if (code !== 0 || last === undefined) reject(new Error(`${script} exited (${code ?? signal}) without a result`))
+      else resolve(JSON.parse(last))
+    })
+  })
+}
+
+/** (e) Streamed items vs plain replies of the same size over one socket (bench/stream.js, built JS). */
+async function streams () {
+  const out = await runScript('stream.js', [`--items=${P.streamItems}`, `--reps=${REPS}`, `--lib=${join(BUILD, 'index.js')}`])
+  for (let rep = 0; rep < REPS; rep++) {
+    const plain = out.runs.plain[rep]
+    const streamed = out.runs.stream[rep]
+    record({ scenario: `stream-${out.size}B`, impl: 'drizzle', rep, plainPerSec: plain, streamPerSec: streamed, streamOverPlain: streamed / plain })
+  }
+}
+
+/** (f) Presence join storm on two instances through Redis (bench/presence.js): plain, events off, events on. */
+async function presenceStorm () {
+  if (!await redisUp()) {
+    console.error(`bench: no Redis at ${REDIS_URL}; skipping the presence join storm`)
+    return
+  }
+  const out = await runScript('presence.js', [`--conns=${P.stormConns}`, `--reps=${REPS}`])
+  out.results.forEach((r, i) => record({
+    scenario: `presence-${r.conns}`,
+    impl: `presence-${r.mode}`,
+    rep: Math.floor(i / 3),
+    cpuMs: r.cpuMs,
+    subscribeP50Ms: r.p50,
+    subscribeP99Ms: r.p99,
+    convergedMs: r.converged,
+    framesPerSubscriber: r.framesPerSubscriber,
+    leftoverKeys: r.leftoverKeys
+  }))
 }
 
 // ---- main ---------------------------------------------------------------------------------------
@@ -382,18 +450,20 @@ async function main () {
   build()
   const lgs = [start('loadgen.js', ['a']), start('loadgen.js', ['b'])]
   await Promise.all(lgs.map(lg => lg.ready))
-  console.error(`bench: ${QUICK ? 'quick' : 'full'} run, ${REPS} repetitions, implementations ${IMPLS.join(', ')}; results in ${resultsFile}`)
+  console.error(`bench: ${QUICK ? 'quick' : 'full'} run, ${REPS} repetitions, implementations ${IMPLS.join(', ')}, variants ${VARIANTS.join(', ') || 'none'}; results in ${resultsFile}`)
   try {
     if (ONLY.includes('rt')) await roundTrips(lgs[0])
     if (ONLY.includes('fanout')) await fanOut(lgs)
     if (ONLY.includes('memory')) await memory(lgs)
     if (ONLY.includes('redis')) await redis(lgs)
+    if (ONLY.includes('stream')) await streams()
+    if (ONLY.includes('presence')) await presenceStorm()
   } finally {
     await Promise.all(lgs.map(lg => lg.stop()))
     killAll()
   }
   const seconds = (now() - t0) / 1000
-  report(records, { quick: QUICK, seconds, resultsFile, write: !QUICK && !flag('no-write') && ONLY.length === 4 })
+  report(records, { quick: QUICK, seconds, resultsFile, write: !QUICK && !flag('no-write') && ALL.every(s => ONLY.includes(s)) })
 }
 
 await main()

@@ -13,7 +13,6 @@ const IMPLS = ['drizzle', 'bare', 'socketio', 'nes']
 const NAMES = { drizzle: 'fastify-drizzle', bare: 'bare @fastify/websocket', socketio: 'Socket.IO 4', nes: '@hapi/nes' }
 const RATIO_TO = ['bare', 'socketio', 'nes']
 // The second wave's variants of drizzle (bench/server.js), each compared with plain drizzle of the same repetition.
-const VARIANTS = ['drizzle-history', 'drizzle+metrics', 'drizzle+otel-off', 'drizzle+notrace']
 const VARIANT_NAMES = { 'drizzle-history': 'history on', 'drizzle+metrics': 'metrics on', 'drizzle+otel-off': 'OTel SDK, sampling off', 'drizzle+notrace': 'tracing: false' }
 
 // [field, label, decimals]; server CPU per operation first: it is the steadiest figure on 2 cores,

@@ -106,6 +106,7 @@ export const protocols = {
   'drizzle+metrics': drizzleProtocol,
   'drizzle+otel-off': drizzleProtocol,
   'drizzle+notrace': drizzleProtocol,
+  'drizzle+exp': drizzleProtocol,
   // The same server with topic history on (issue #15): same frames, plus an offset.
   'drizzle-history': drizzleProtocol,
   bare: drizzleProtocol,

@@ -173,6 +173,8 @@ async function roundTrips (lg) {
           p50Ms: res.p50,
           p99Ms: res.p99,
           cpuUsPerReq: cpuUs(cpu0, cpu1) / res.count,
+          // The kernel's share (system time: reads, writes, loopback delivery) apart from JavaScript's.
+          sysUsPerReq: (cpu1.system - cpu0.system) / res.count,
           requests: res.count,
           errors: res.errors,
           ...(res.errors > 0 ? { lastError: res.lastError } : {})

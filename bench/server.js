@@ -21,12 +21,12 @@ async function echo (data) {
 
 const servers = {
   'drizzle-history': () => servers.drizzle(),
-  async drizzle (variant = {}) {
+  async drizzle (variant = {}, lib = '../node_modules/.cache/fastify-drizzle-bench/') {
     const { default: Fastify } = await import('fastify')
-    const { default: drizzle } = await import('../node_modules/.cache/fastify-drizzle-bench/index.js')
+    const { default: drizzle } = await import(lib + 'index.js')
     let broker
     if (options.redis !== undefined) {
-      const { redisBroker } = await import('../node_modules/.cache/fastify-drizzle-bench/brokers/redis.js')
+      const { redisBroker } = await import(lib + 'brokers/redis.js')
       broker = redisBroker({ url: options.redis.url, prefix: options.redis.prefix })
     }
     const app = Fastify({ logger: false })
@@ -189,6 +189,9 @@ servers['drizzle+otel-off'] = async () => {
   return servers.drizzle()
 }
 servers['drizzle+notrace'] = () => servers.drizzle({ tracing: false })
+// For A/B experiments, not in any default run: plain drizzle with the options in DRIZZLE_EXP_OPTIONS
+// (JSON) and the build in DRIZZLE_EXP_LIB (a directory URL relative to bench/, or absolute).
+servers['drizzle+exp'] = () => servers.drizzle(JSON.parse(process.env.DRIZZLE_EXP_OPTIONS ?? '{}'), process.env.DRIZZLE_EXP_LIB)
 
 const server = await servers[impl]()
 

@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { BrokerHistory, HistoryPolicy, HistoryRead } from './brokers/types.js'
 import { encodePublicationJson } from './protocol.js'
+import { textFrame } from './socket.js'
 import type { Subscriber } from './topics.js'
 
 // One history topic as this process serves it: the last offset delivered to its local subscribers,
@@ -143,7 +144,7 @@ export class Feed {
       return undefined
     }
     const plain = encodePublicationJson(this.topic, json, event)
-    return Buffer.from(plain.slice(0, -1) + ',"offset":' + offset + '}')
+    return textFrame(plain.slice(0, -1) + ',"offset":' + offset + '}')
   }
 
   private emit (offset: number, data: unknown, event: string | undefined): void {

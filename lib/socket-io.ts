@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onRawDrain, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onRawDrain, payloadOf, rawSocketOf, textFrame, writesDirect, type RawSocket, type SocketOwner } from './socket.js'
 
 // The bytes of one WebSocket, in and out: write coalescing, both backpressure rules (publications at
 // maxBufferedBytes, replies at twice that), this socket's shares of the server-wide totals (bytes
@@ -102,7 +102,10 @@ export abstract class SocketIO implements SocketOwner {
     this.write(frame)
   }
 
-  /** Writes a publication unless the socket is a slow consumer; then drops it or closes the socket. */
+  /**
+   * Writes a publication (a whole frame from textFrame(), the same bytes for every subscriber) unless
+   * the socket is a slow consumer; then drops it or closes the socket.
+   */
   sendPublication (frame: Buffer): boolean {
     // A slow consumer being closed stays subscribed until its close completes (up to ws's
     // closeTimeout): skip it quietly instead of closing and logging it again for every publication.
@@ -192,7 +195,11 @@ export abstract class SocketIO implements SocketOwner {
     return buffered >= BACKLOG && this.rt.totals.buffered > this.rt.options.maxBufferedBytesTotal
   }
 
-  /** Writes a frame if the socket is still open; a closed socket is never written to. */
+  /**
+   * Writes a reply (its JSON) or a publication (a frame from textFrame()) if the socket is still open;
+   * a closed socket is never written to. Frames go to the TCP socket directly when ws's sender is idle
+   * (lib/socket.ts writesDirect), through ws.send otherwise (and under injectWS, which has no TCP socket).
+   */
   protected write (frame: string | Buffer): boolean {
     if (this.isClosed || this.socket.readyState !== OPEN) return false
     let raw = this.corkedSocket
@@ -201,10 +208,10 @@ export abstract class SocketIO implements SocketOwner {
       if (raw !== undefined && !raw.destroyed) {
         corkForTurn(raw, this)
         this.corkedSocket = raw
-      }
+      } else raw = undefined
     }
-    if (typeof frame === 'string') this.socket.send(frame)
-    else this.socket.send(frame, TEXT_FRAME)
+    if (raw !== undefined && writesDirect(this.socket)) raw.write(typeof frame === 'string' ? textFrame(frame) : frame)
+    else this.socket.send(typeof frame === 'string' ? frame : payloadOf(frame), TEXT_FRAME)
     this.rt.stats.messagesOut++
     if (raw !== undefined && raw.writableLength >= CORK_LIMIT) this.uncork()
     return true

@@ -43,6 +43,7 @@ export interface RawSocket {
   cork (): void
   uncork (): void
   pause (): void
+  write (chunk: Buffer): boolean
   on (event: 'data', listener: (this: RawSocket) => void): void
   once (event: 'drain', listener: (this: RawSocket) => void): void
   writableLength: number
@@ -109,6 +110,51 @@ function uncorkAll (): void {
 export function corkForTurn (raw: RawSocket, owner: SocketOwner): void {
   raw.cork()
   if (corked.push(owner) === 1) process.nextTick(uncorkAll)
+}
+
+// ---- frames written past ws's sender ------------------------------------------------------------
+
+/**
+ * A text message as the bytes of one unmasked, unfragmented WebSocket frame (RFC 6455 section 5.2):
+ * FIN and the text opcode, the payload length in 7, 16 or 64 bits, the UTF-8 payload. A publication is
+ * framed once and the same bytes go to every subscriber in one write each, where ws.send would build a
+ * header per socket and write header and payload with a writev; a reply is framed with one copy.
+ */
+export function textFrame (payload: string): Buffer {
+  const length = Buffer.byteLength(payload)
+  const header = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(header + length)
+  frame[0] = 0x81
+  if (header === 2) frame[1] = length
+  else if (header === 4) {
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
+  } else {
+    frame[1] = 127
+    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2)
+    frame.writeUInt32BE(length >>> 0, 6)
+  }
+  frame.write(payload, header, length, 'utf8')
+  return frame
+}
+
+/** The payload of a frame made by textFrame(), for a socket that must go through ws.send. */
+export function payloadOf (frame: Buffer): Buffer {
+  const marker = frame[1] as number
+  return frame.subarray(marker < 126 ? 2 : marker === 126 ? 4 : 10)
+}
+
+/** ws 8's sender: idle (state 0) unless it is compressing or reading a Blob, when it queues what comes next. */
+interface Sender { _state?: number }
+
+/**
+ * Whether a frame may be written to the TCP socket directly, in the order ws itself would have sent
+ * it: ws's sender is idle (nothing queued before it) and no extension (permessage-deflate, when the
+ * app registered @fastify/websocket with it) transforms frames. Otherwise ws.send does the work.
+ */
+export function writesDirect (socket: WebSocket): boolean {
+  const ws = socket as unknown as { _sender?: Sender | null, _extensions?: Record<string, unknown> }
+  return ws._sender?._state === 0 && ws._extensions?.['permessage-deflate'] === undefined
 }
 
 // ---- the ws socket's listeners: one function each for all sockets, `this` being the ws socket, so an

@@ -4,6 +4,7 @@ import type { DrizzleConnection } from './context.js'
 import { InvalidTopicError, DuplicateTopicError, describe } from './errors.js'
 import { checkTopic } from './brokers/topic.js'
 import { encodePublicationJson } from './protocol.js'
+import { textFrame } from './socket.js'
 
 export const ALL_TOPIC = '__all__'
 
@@ -173,8 +174,8 @@ export class Subscriptions {
   deliver (topic: string, json: string, event: string | undefined): number {
     const subscribers = this.byTopic.get(topic)
     if (subscribers === undefined) return 0
-    // Encoded to UTF-8 once here, not once per subscriber by ws (which encodes every string it sends).
-    const frame = Buffer.from(encodePublicationJson(topic, json, event))
+    // Framed once here (UTF-8 and the WebSocket header), not once per subscriber by ws.
+    const frame = textFrame(encodePublicationJson(topic, json, event))
     let delivered = 0
     for (const conn of subscribers) if (conn.sendPublication(frame)) delivered++
     return delivered

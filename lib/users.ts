@@ -2,6 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Broker, PublishOptions } from './brokers/types.js'
 import { InvalidOptionError, InvalidUserError, describe } from './errors.js'
 import { encodePublicationJson } from './protocol.js'
+import { textFrame } from './socket.js'
 
 // Users (README "Presence"): `identify(request)` names the user of each connection; publishToUser
 // and disconnectUser reach every connection of a user on every instance. Across processes they
@@ -144,7 +145,7 @@ export class UserDirectory {
   private deliver (user: string, json: string, event: string | undefined): void {
     const conns = this.byUser.get(user)
     if (conns === undefined) return
-    const frame = Buffer.from(encodePublicationJson(USER_TOPIC, json, event))
+    const frame = textFrame(encodePublicationJson(USER_TOPIC, json, event))
     for (const conn of conns) conn.sendPublication(frame)
   }
 

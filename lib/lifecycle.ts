@@ -71,9 +71,18 @@ export class ActionRunner {
     const tracing = this.tracing
     const span: TraceSpan | undefined = tracing?.active === true ? tracing.startAction(invocation) : undefined
     try {
-      const result = span === undefined
-        ? await execute(invocation.action, invocation.message, invocation.ctx)
-        : await (tracing as Tracing).runAction(span, () => execute(invocation.action, invocation.message, invocation.ctx))
+      const { action, message, ctx } = invocation
+      let result: string | Streamed
+      if (span === undefined && !action.hasHooks) {
+        // execute()'s work without its async frame: one promise less per request on the common path.
+        validate(action, message)
+        const data = await action.handler.call(action.scope, message, ctx)
+        result = isStream(data) ? data : action.serialize(data)
+      } else {
+        result = span === undefined
+          ? await execute(action, message, ctx)
+          : await (tracing as Tracing).runAction(span, () => execute(action, message, ctx))
+      }
       json = typeof result === 'string' ? result : await this.stream(invocation, result)
     } catch (err) {
       // After a timeout or a cancel a late failure changes nothing: the client was answered already.

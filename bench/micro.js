@@ -6,8 +6,11 @@
 import { EventEmitter } from 'node:events'
 import { PerformanceObserver } from 'node:perf_hooks'
 import Fastify from 'fastify'
-import drizzle from '../node_modules/.cache/fastify-drizzle-bench/index.js'
-import { Connection } from '../node_modules/.cache/fastify-drizzle-bench/connection.js'
+
+// MICRO_LIB: another build's directory (e.g. of an earlier commit, for before/after).
+const lib = process.env.MICRO_LIB ?? '../node_modules/.cache/fastify-drizzle-bench/'
+const { default: drizzle } = await import(lib + 'index.js')
+const { Connection } = await import(lib + 'connection.js')
 
 const N = 200_000
 let gcRuns = 0

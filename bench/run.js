@@ -39,7 +39,7 @@ const RT_MODES = value('rt', '1x100,100x1').split(',')
 // throughput on 2 cores is bounded by the load generators as much as by the server.
 const P = QUICK
   ? { warmMs: 200, measureMs: 500, fanSizes: [500], fanPaced: { 500: 5 }, fanBurst: { 500: 10 }, memConns: 500, redisConns: 100, redisPaced: 20, redisBurst: 20, streamItems: 5000, stormConns: 200 }
-  : { warmMs: 1000, measureMs: 3000, fanSizes: [1000, 10000], fanPaced: { 1000: 40, 10000: 12 }, fanBurst: { 1000: 50, 10000: 20 }, memConns: 5000, redisConns: 1000, redisPaced: 200, redisBurst: 100, streamItems: 20000, stormConns: 1000 }
+  : { warmMs: 1000, measureMs: 3000, fanSizes: [1000, 10000], fanPaced: { 1000: 40, 10000: 12 }, fanBurst: { 1000: 50, 10000: 20 }, memConns: 5000, redisConns: 1000, redisPaced: 120, redisBurst: 100, streamItems: 20000, stormConns: 1000 }
 
 // ---- children -----------------------------------------------------------------------------------
 
@@ -341,9 +341,9 @@ async function redis (lgs) {
         await subscribeAll(lgs, impl)
         await sleep(300) // SUBSCRIBE reaches Redis
         await publishAndCollect(lgs, publisher, P.redisPaced, 0, servers) // warm-up (fresh processes), not recorded
-        // One publication at a time, every 10 ms, the same rate for every implementation: latency
+        // One publication at a time, every 25 ms, the same rate for every implementation: latency
         // percentiles at equal throughput; then a burst for deliveries/s.
-        const paced = await publishAndCollect(lgs, publisher, P.redisPaced, 10, servers)
+        const paced = await publishAndCollect(lgs, publisher, P.redisPaced, 25, servers)
         const burst = await publishAndCollect(lgs, publisher, P.redisBurst, 0, servers)
         const deliveries = size * P.redisBurst
         record({

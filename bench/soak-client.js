@@ -122,7 +122,7 @@ function drop () {
 
 function memory () {
   const m = process.memoryUsage()
-  return { rss: m.rss, heapUsed: m.heapUsed, cpu: process.cpuUsage() }
+  return { rss: m.rss, heapUsed: m.heapUsed, cpu: process.cpuUsage(), t: now() }
 }
 
 ipcServer({

@@ -35,7 +35,9 @@ export function pacedPublisher ({ rate, topics, publish, maxInFlight = Math.max(
     inFlight,
     skippedTicks,
     seconds: t0 === 0 ? 0 : (now() - t0) / 1000,
-    behind: t0 === 0 ? 0 : Math.max(0, Math.floor(rate * (now() - t0) / 1000) - sent)
+    behind: t0 === 0 ? 0 : Math.max(0, Math.floor(rate * (now() - t0) / 1000) - sent),
+    cpu: process.cpuUsage(),
+    t: now()
   })
   function tick () {
     const due = Math.floor(rate * (now() - t0) / 1000) - sent

@@ -144,6 +144,8 @@ function start (script, args, nodeArgs = []) {
 }
 let stopping = false
 
+/** CPU use of a process between two samples `{ cpu: process.cpuUsage(), t: now() }`, in % of one core. */
+const cpuPct = (a, b) => a === undefined ? NaN : +(((b.cpu.user + b.cpu.system) - (a.cpu.user + a.cpu.system)) / 1000 / (b.t - a.t) * 100).toFixed(0)
 const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms))
 const MB = 1024 * 1024
 
@@ -237,6 +239,8 @@ async function main () {
     const gcSeries = [] // { t, heap[] }
     let prev
     let cpuPrev = await Promise.all(servers.map(s => s.rpc('mem')))
+    let clientPrev = []
+    let pubPrev
     let sampleNo = 0
     while (now() - t0 < durationMs) {
       await sleep(Math.min(C.sampleSec * 1000, Math.max(0, durationMs - (now() - t0))))
@@ -258,16 +262,21 @@ async function main () {
       const sum = (key) => samples.reduce((n, s) => n + s[key], 0)
       const delivered = sum('delivered')
       const dt = prev === undefined ? t : t - prev.t
-      const cpu = mems.map((m, i) => ((m.cpu.user + m.cpu.system) - (cpuPrev[i].cpu.user + cpuPrev[i].cpu.system)) / 1000 / (m.t - cpuPrev[i].t) * 100)
+      const cpu = mems.map((m, i) => cpuPct(cpuPrev[i], m))
+      const clientCpu = samples.map((s, i) => cpuPct(clientPrev[i], s.mem))
+      const pubCpu = cpuPct(pubPrev, pub)
       cpuPrev = mems
+      clientPrev = samples.map(s => s.mem)
+      pubPrev = pub
       const lat = summarize(winLive)
       const rec = {
         type: 'sample',
         t: +t.toFixed(1),
         steady,
-        servers: mems.map((m, i) => ({ rssMB: +(m.rss / MB).toFixed(1), heapMB: +(m.heapUsed / MB).toFixed(1), connections: m.connections, cpuPct: +cpu[i].toFixed(0) })),
+        servers: mems.map((m, i) => ({ rssMB: +(m.rss / MB).toFixed(1), heapMB: +(m.heapUsed / MB).toFixed(1), connections: m.connections, cpuPct: cpu[i] })),
         gcHeapMB: gc?.map(m => +(m.heapUsed / MB).toFixed(1)),
-        clients: samples.map(s => ({ open: s.open, rssMB: +(s.mem.rss / MB).toFixed(1) })),
+        clients: samples.map((s, i) => ({ open: s.open, rssMB: +(s.mem.rss / MB).toFixed(1), cpuPct: clientCpu[i] })),
+        publisherCpuPct: pubCpu,
         published: pub.sent,
         publisherBehind: pub.behind,
         publishErrors: pub.errors,
@@ -285,7 +294,7 @@ async function main () {
       prev = { t, delivered }
       series.push({ t, steady, rss: mems.map(m => m.rss) })
       write(rec)
-      console.error(`soak: ${rec.t}s rss ${rec.servers.map(s => s.rssMB).join('/')} MB cpu ${rec.servers.map(s => s.cpuPct).join('/')}% ` +
+      console.error(`soak: ${rec.t}s rss ${rec.servers.map(s => s.rssMB).join('/')} MB cpu ${rec.servers.map(s => s.cpuPct).join('/')}% (clients ${clientCpu.join('/')}%, pub ${pubCpu}%) ` +
         `${rec.deliveredPerSec}/s p99 ${lat.p99} ms behind ${pub.behind} lost ${rec.lost} dup ${rec.duplicated} rec ${rec.recovered}/${rec.unrecovered} drops ${rec.drops} open ${rec.clients.reduce((n, c) => n + c.open, 0)}`)
     }
 

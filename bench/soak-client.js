@@ -31,6 +31,8 @@ const COUNTERS = ['delivered', 'lost', 'duplicated', 'mismatched', 'noOffset', '
 const totals = Object.fromEntries(COUNTERS.map(name => [name, 0]))
 const examples = [] // the first few losses/duplicates, for the report
 let lastError
+/** Client `error` events by message (digits folded, at most 20 kinds): what went wrong, how often. */
+const errorKinds = new Map()
 const live = newHistogram()
 const replayed = newHistogram()
 let churnTimer
@@ -88,7 +90,12 @@ function createConnection (g) {
     if (!c.dropping) totals.unplannedCloses++
     c.dropping = false
   })
-  client.on('error', (err) => { totals.errors++; lastError = String(err && err.message) })
+  client.on('error', (err) => {
+    totals.errors++
+    lastError = String(err && err.message)
+    const kind = `${err && err.type}: ${lastError.replace(/[0-9]+/g, 'N').slice(0, 120)}`
+    if (errorKinds.has(kind) || errorKinds.size < 20) errorKinds.set(kind, (errorKinds.get(kind) ?? 0) + 1)
+  })
   const stride = Math.max(1, Math.floor(options.topics / options.subs))
   const ready = []
   for (let k = 0; k < options.subs; k++) {
@@ -155,7 +162,7 @@ ipcServer({
   },
   /** Cumulative counters, and the latency histograms of the window since the last sample (then reset). */
   sample () {
-    const out = { ...totals, lastError, open: conns.filter(c => c.open).length, live: sparse(live), replay: sparse(replayed), mem: memory() }
+    const out = { ...totals, lastError, errorKinds: Object.fromEntries(errorKinds), open: conns.filter(c => c.open).length, live: sparse(live), replay: sparse(replayed), mem: memory() }
     live.fill(0)
     replayed.fill(0)
     return out

@@ -4,7 +4,7 @@
 // soak-common.js's pacedPublisher. Answers publish-start, publish-stats, publish-stop, exit over IPC.
 import { Redis } from 'ioredis'
 import { BENCH_BUILD, ipcServer } from './common.js'
-import { pacedPublisher } from './soak-common.js'
+import { pacedPublisher, topicName } from './soak-common.js'
 
 const options = JSON.parse(process.argv[2])
 const { LIBRARY } = await import(`${BENCH_BUILD}/brokers/redis-history.js`)
@@ -25,6 +25,12 @@ ipcServer({
   },
   'publish-stats' () { return publisher.stats() },
   'publish-stop' () { return publisher.stop() },
+  /** The last assigned offset of every topic, straight from Redis (what every subscription must reach). */
+  async positions ({ topics }) {
+    const replies = await Promise.all(Array.from({ length: topics }, (_, i) =>
+      redis.call('FCALL', 'drizzle_position', '1', options.prefix + topicName(i), size, ttl)))
+    return replies.map(([offset]) => Number(offset))
+  },
   exit () { redis.disconnect(); setImmediate(() => process.exit(0)); return {} }
 })
 process.send({ ready: true })

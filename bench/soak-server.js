@@ -14,7 +14,9 @@ if (options.broker === 'redis') {
   const { redisBroker } = await import(`${BENCH_BUILD}/brokers/redis.js`)
   broker = redisBroker({ url: options.url, prefix: options.prefix })
 }
-const app = Fastify({ logger: false })
+// Warnings and errors (a broker timeout behind an INTERNAL_ERROR reply, a slow consumer closed) go to
+// bench/results/soak-<stamp>-server<i>.log: the soak's clients only see "Unknown error".
+const app = Fastify({ logger: { level: 'warn', file: options.log } })
 await app.register(drizzle, {
   broker,
   // The bench's usual lifts (bench/server.js): 5,000-10,000 sockets on one instance.

@@ -206,7 +206,7 @@ async function main () {
 
   const serverOptions = JSON.stringify({ broker: C.broker, url: C.redisUrl, prefix: C.prefix, historySize: C.historySize, historyTtl: C.historyTtl, presenceEvents: true })
   const nServers = C.broker === 'redis' ? 2 : 1
-  const servers = Array.from({ length: nServers }, (_, i) => start('soak-server.js', [serverOptions, `#${i}`], ['--expose-gc']))
+  const servers = Array.from({ length: nServers }, (_, i) => start('soak-server.js', [JSON.stringify({ ...JSON.parse(serverOptions), log: resultsFile.replace(/\.jsonl$/, `-server${i}.log`) }), `#${i}`], ['--expose-gc']))
   const ports = (await Promise.all(servers.map(s => s.ready))).map(r => r.port)
   let publisher = servers[0]
   if (C.broker === 'redis') {
@@ -232,6 +232,8 @@ async function main () {
     const t0 = now()
     const durationMs = C.minutes * 60_000
     const warmupMs = durationMs * C.warmupPct / 100
+    // Every publication reaches each of its topic's subscribers: conns x subs / topics of them.
+    const expectedPerSec = Math.round(C.rate * C.conns * C.subs / C.topics)
     const liveAll = newHistogram()
     const liveSteady = newHistogram()
     const replay = newHistogram()
@@ -281,6 +283,7 @@ async function main () {
         publisherBehind: pub.behind,
         publishErrors: pub.errors,
         deliveredPerSec: Math.round((delivered - (prev?.delivered ?? 0)) / dt),
+        expectedPerSec,
         live: lat,
         lost: sum('lost'),
         duplicated: sum('duplicated'),
@@ -295,13 +298,14 @@ async function main () {
       series.push({ t, steady, rss: mems.map(m => m.rss) })
       write(rec)
       console.error(`soak: ${rec.t}s rss ${rec.servers.map(s => s.rssMB).join('/')} MB cpu ${rec.servers.map(s => s.cpuPct).join('/')}% (clients ${clientCpu.join('/')}%, pub ${pubCpu}%) ` +
-        `${rec.deliveredPerSec}/s p99 ${lat.p99} ms behind ${pub.behind} lost ${rec.lost} dup ${rec.duplicated} rec ${rec.recovered}/${rec.unrecovered} drops ${rec.drops} open ${rec.clients.reduce((n, c) => n + c.open, 0)}`)
+        `${rec.deliveredPerSec}/${expectedPerSec}/s p99 ${lat.p99} ms behind ${pub.behind} lost ${rec.lost} dup ${rec.duplicated} rec ${rec.recovered}/${rec.unrecovered} drops ${rec.drops} open ${rec.clients.reduce((n, c) => n + c.open, 0)}`)
     }
 
     // ---- the end: stop churn and publisher, every subscription must reach its topic's last offset --
     await Promise.all(lgs.map(lg => lg.rpc('churn', { perSec: 0 })))
     const pub = await publisher.rpc('publish-stop', {}, 30000)
-    const finals = await servers[0].rpc('positions', { topics: C.topics }, 60000)
+    // From the publisher's own connection (Redis) or the memory broker: no server-side command timeout.
+    const finals = await publisher.rpc('positions', { topics: C.topics }, 60000)
     const settleMs = C.longAwayMs + 30000
     const settled = await Promise.all(lgs.map(lg => lg.rpc('settle', { finals, timeoutMs: settleMs }, settleMs + 30000)))
     const last = await Promise.all(lgs.map(lg => lg.rpc('sample')))
@@ -360,6 +364,7 @@ async function main () {
       unplannedCloses: sum('unplannedCloses'),
       clientErrors: sum('errors'),
       lastClientError: last.find(s => s.lastError)?.lastError,
+      clientErrorKinds: mergeCounts(last.map(s => s.errorKinds)),
       presenceFrames: { joins: sum('joins'), leaves: sum('leaves') },
       latencyLiveSteadyMs: summarize(liveSteady),
       latencyLiveAllMs: summarize(liveAll),
@@ -386,6 +391,12 @@ async function main () {
   }
 }
 
+function mergeCounts (list) {
+  const out = {}
+  for (const counts of list) for (const [k, n] of Object.entries(counts)) out[k] = (out[k] ?? 0) + n
+  return out
+}
+
 function printSummary (s) {
   const l = s.latencyLiveSteadyMs
   const lines = [
@@ -395,6 +406,7 @@ function printSummary (s) {
     `  delivered        ${s.delivered} (replayed through recovery: ${s.replayedDeliveries})`,
     `  lost / dup       ${s.lost} / ${s.duplicated}   mismatched ${s.mismatched}   missing at end ${s.tailLost} (${s.tailBehindSubscriptions} subscriptions)`,
     `  recoveries       ${s.recoveries} recovered, ${s.unrecovered} recovered:false (skipping ${s.skippedByUnrecovered}); drops ${s.drops} (${s.longDrops} long), unplanned closes ${s.unplannedCloses}`,
+    ...Object.entries(s.clientErrorKinds).map(([k, n]) => `  client errors    ${n} x ${k}`),
     `  latency (live)   p50 ${l.p50} ms  p99 ${l.p99} ms  p99.9 ${l.p999} ms  max ${l.max} ms  (${l.count} deliveries after warm-up)`,
     ...s.rss.map(r => `  server ${r.server} RSS   mean ${r.meanMB} MB, max-min ${r.maxMinusMinMB} MB, slope ${r.slopeMBperMin} MB/min (limit ${r.thresholdMBperMin}); heap after GC slope ${r.gcHeapSlopeMBperMin} MB/min, ${r.endGcHeapMB} MB at end`),
     `  verdict          ${s.noLoss ? 'PASS' : 'FAIL'} no loss/dup, ${s.rssFlat ? 'PASS' : 'FAIL'} RSS flat => ${s.pass ? 'PASS' : 'FAIL'}`,

@@ -19,9 +19,9 @@ if (options.broker === 'redis') {
 const app = Fastify({ logger: { level: 'warn', file: options.log } })
 await app.register(drizzle, {
   broker,
-  // The bench's usual lifts (bench/server.js): 5,000-10,000 sockets on one instance.
+  // The bench's usual lift (bench/server.js), and room for every connection of the run on one instance.
   rateLimit: false,
-  maxConnections: 100_000,
+  maxConnections: options.conns + 100,
   identify: (request) => request.query.user ?? null
 })
 app.drizzle.topic(TOPIC_PATTERN, {

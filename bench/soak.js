@@ -204,7 +204,7 @@ async function main () {
   console.error(`soak: ${C.minutes} min, ${C.conns} connections x ${C.subs} subscription(s), ${C.topics} topics (history ${C.historySize} = ${C.historySeconds.toFixed(1)} s, presence with events), ` +
     `${C.rate}/s, churn ${C.churn}/s (${C.longFrac * 100}% away ${C.longAwayMs / 1000} s), broker ${C.broker}; results in ${resultsFile}`)
 
-  const serverOptions = JSON.stringify({ broker: C.broker, url: C.redisUrl, prefix: C.prefix, historySize: C.historySize, historyTtl: C.historyTtl, presenceEvents: true })
+  const serverOptions = JSON.stringify({ conns: C.conns, broker: C.broker, url: C.redisUrl, prefix: C.prefix, historySize: C.historySize, historyTtl: C.historyTtl, presenceEvents: true })
   const nServers = C.broker === 'redis' ? 2 : 1
   const servers = Array.from({ length: nServers }, (_, i) => start('soak-server.js', [JSON.stringify({ ...JSON.parse(serverOptions), log: resultsFile.replace(/\.jsonl$/, `-server${i}.log`) }), `#${i}`], ['--expose-gc']))
   const ports = (await Promise.all(servers.map(s => s.ready))).map(r => r.port)

@@ -4,7 +4,7 @@
 //
 //   npm run soak                                  # 10 minutes, 10,000 connections, 1,000 topics, 5,000/s, Redis
 //   node bench/soak.js [--minutes=10] [--conns=10000] [--topics=1000] [--rate=5000] [--broker=redis|memory]
-//        [--subs=1] [--churn=10] [--long=0.02] [--history=100] [--warmup=20] [--sample=10] [--no-build]
+//        [--subs=1] [--churn=10] [--long=0.02] [--history=100] [--warmup=20] [--sample=10] [--loadgens=2] [--no-build]
 //
 // Processes (all on 127.0.0.1; IPC for control; each child's soft fd limit raised to the hard one):
 //   soak-server.js × 2 (Redis broker, one key prefix per run) or × 1 (--broker=memory): fastify-drizzle
@@ -15,7 +15,7 @@
 //   soak-publisher.js (Redis): an outside process publishing with `FCALL drizzle_publish` at --rate/s,
 //     round robin over the topics, paced every 5 ms; with --broker=memory the same pacer runs inside the
 //     server and calls app.drizzle.publish. Each publication carries its per-topic number and send time.
-//   soak-client.js × 2: half the connections each, as DrizzleClient (lib/client, built) over `ws`; each
+//   soak-client.js × 2 (--loadgens): half the connections each, as DrizzleClient (lib/client, built) over `ws`; each
 //     connection subscribes to --subs topic(s) with onRecovery, and reconnects to a random server.
 //     --churn sockets per second (in total) are terminated at random; --long of them stay away 1.5× the
 //     time the history covers (so their recovery must say `recovered: false`).
@@ -65,7 +65,7 @@ const C = {
   historyTtl: 300_000,
   warmupPct: value('warmup', 20),
   sampleSec: value('sample', 10),
-  loadgens: 2,
+  loadgens: value('loadgens', 2),
   redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 }
 if (!['redis', 'memory'].includes(C.broker)) throw new Error(`--broker must be redis or memory, received ${C.broker}`)

@@ -40,6 +40,9 @@ export interface FeedHost {
 const MAX_PENDING = 10_000
 /** Reads of history in one catch-up before what is still missing is given up as lost. */
 const MAX_ROUNDS = 5
+/** A stalled feed reads again after this many ms, doubling up to RETRY_MAX_MS while reads fail. */
+const RETRY_MIN_MS = 250
+const RETRY_MAX_MS = 5000
 
 type FeedState = 'starting' | 'live' | 'catching-up' | 'stalled'
 
@@ -51,6 +54,9 @@ export class Feed {
   readonly ready: Promise<void>
   private pending: Live[] = []
   private readonly holds = new Map<Subscriber, Set<Hold>>()
+  /** While stalled: the next read of history (a topic gone quiet must still catch up). */
+  private retryTimer: ReturnType<typeof setTimeout> | undefined
+  private retryDelay = 0
 
   constructor (readonly topic: string, readonly policy: HistoryPolicy, private readonly host: FeedHost) {
     this.ready = this.start()
@@ -79,7 +85,9 @@ export class Feed {
       }
     }
     this.keep(live)
-    if (this.state === 'live' || this.state === 'stalled') this.catchUp()
+    // Stalled, the retry timer reads again: a read per publication would only add to the load of a
+    // broker that is already too slow to answer.
+    if (this.state === 'live') this.catchUp()
   }
 
   /** The broker subscription was made again after a drop: read what was published meanwhile. */
@@ -188,12 +196,22 @@ export class Feed {
   private caughtUp: Promise<void> = Promise.resolve()
 
   private catchUp (): void {
+    clearTimeout(this.retryTimer)
+    this.retryTimer = undefined
     this.state = 'catching-up'
-    this.caughtUp = this.readBack().catch((err: unknown) => {
+    this.caughtUp = this.readBack().then(() => { this.retryDelay = 0 }, (err: unknown) => {
       if (this.forgotten) return
-      // The broker is away: the next publication or its reconnection tries again.
+      // The broker is away or too slow: read again after a backoff, on its reconnection, or when a
+      // subscriber asks for a position (sync), whichever comes first; never wait for a publication,
+      // as a topic gone quiet would then keep its subscribers short of the last ones for good.
       this.state = 'stalled'
-      this.host.log.warn({ topic: this.topic, err }, 'could not read topic history; retrying on the next publication or reconnection')
+      this.retryDelay = Math.min(RETRY_MAX_MS, this.retryDelay === 0 ? RETRY_MIN_MS : this.retryDelay * 2)
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined
+        if (!this.forgotten && this.state === 'stalled') this.catchUp()
+      }, this.retryDelay)
+      this.retryTimer.unref?.()
+      this.host.log.warn({ topic: this.topic, err, retryMs: this.retryDelay }, 'could not read topic history; retrying after retryMs, on reconnection or on a subscriber\'s request')
       throw err
     })
     this.caughtUp.catch(() => {})

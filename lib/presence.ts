@@ -170,6 +170,15 @@ export class PresenceTracker {
     for (const topic of [...topics.keys()]) this.leave(conn, topic)
   }
 
+  /**
+   * Whether a frame from the broker is a presence frame (`$join`/`$leave` of a topic declared with
+   * presence events): another instance's, carried without a position and with a member as data. It
+   * is delivered as it is, never judged as a publication (the topic's schema, its history).
+   */
+  isPresenceFrame (topic: string, event: string | undefined): boolean {
+    return (event === JOIN_EVENT || event === LEAVE_EVENT) && this.settingsOf(topic)?.events === true
+  }
+
   private settingsOf (topic: string): PresenceSettings | undefined {
     const match = this.rt.patterns.match(topic)
     return match === undefined ? undefined : this.settings.get(match.declared)

@@ -340,6 +340,11 @@ export class Runtime implements ContextHost<Peer> {
   /** What a broker calls with a publication from another process (or, for history topics, any). */
   deliver (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void {
     if (this.users.intercept(topic, data, event)) return
+    // Another instance's $join/$leave: a member, not a publication (no schema check, no position).
+    if (this.presence.isPresenceFrame(topic, event)) {
+      this.deliverPlain(topic, data, event, meta)
+      return
+    }
     if (this.dropsInvalid(topic, data)) return
     if (this.history.enabled && this.history.policyOf(topic) !== undefined) {
       this.history.deliver(topic, data, event, meta)

@@ -71,7 +71,9 @@ export class ActionRunner {
     const tracing = this.tracing
     const span: TraceSpan | undefined = tracing?.active === true ? tracing.startAction(invocation) : undefined
     try {
-      const result = span === undefined
+      // The span is active only where a context manager can make it so (Tracing.activates);
+      // publications made through ctx find it on ctx either way.
+      const result = span === undefined || !(tracing as Tracing).activates
         ? await execute(invocation.action, invocation.message, invocation.ctx)
         : await (tracing as Tracing).runAction(span, () => execute(invocation.action, invocation.message, invocation.ctx))
       json = typeof result === 'string' ? result : await this.stream(invocation, result)

@@ -53,7 +53,13 @@ function resources (app: FastifyInstance): void {
       await ctx.publish('todos', message.data, { event: 'created' })
       return message.data
     },
-    watch: async (_m, ctx) => { await ctx.subscribe('todos'); return true }
+    watch: async (_m, ctx) => { await ctx.subscribe('todos'); return true },
+    // What the app's own instrumentation would see: the active span, and the trace a span it starts joins.
+    peek: async () => {
+      const own = trace.getTracer('app').startSpan('app.work')
+      own.end()
+      return { active: trace.getActiveSpan() !== undefined, traceId: own.spanContext().traceId }
+    }
   })
 }
 
@@ -151,6 +157,22 @@ test('an unsampled traceparent: nothing recorded, nothing carried', { skip: skip
   await waitFor('the raw subscriber to get the message', () => carried.length > 0)
   assert.equal('traceparent' in (carried[0] as object), false)
   assert.equal(exporter.getFinishedSpans().length, 0)
+})
+
+test('without a context manager nothing can be made active: the handler sees no active span, as OpenTelemetry\'s no-op manager gives', async (t) => {
+  // This file registers no context manager (test/tracing-context.test.ts does): the plugin then skips
+  // activating the span, which `context.with` could not have done either. The action is still traced.
+  const app = await build(t, {}, resources)
+  const client = await connect(t, await listen(app))
+  exporter.reset()
+  const { traceparent, traceId } = newTraceparent()
+  const requestId = randomUUID()
+  client.send({ resource: 'todos', action: 'peek', request_id: requestId, traceparent })
+  const { data } = await client.reply(requestId)
+  assert.equal(data.active, false)
+  assert.notEqual(data.traceId, traceId, 'the app\'s own span starts a trace of its own')
+  const action = await oneSpan('action span', s => s.name === 'todos/peek')
+  assert.equal(action.spanContext().traceId, traceId)
 })
 
 test('a failing action: 5xx marks the span as an error, with error.type', async (t) => {

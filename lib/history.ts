@@ -14,6 +14,8 @@ export interface HistoryHost {
   subscribe (conn: Peer, topic: string, deferJoin?: boolean): Promise<boolean>
   unsubscribe (conn: Peer, topic: string): Promise<boolean>
   deliverPlain (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void
+  /** Set when the `metrics` option is on: each `since` answered counts in drizzle_recoveries_total. */
+  readonly metrics: { recovery (recovered: boolean): void } | undefined
 }
 
 // Topic history (README "History and recovery"): declared topics with `history: { size, ttl }` get
@@ -177,6 +179,7 @@ export class History {
         const replay = replayOf(feed, since, read, hold.queue)
         reply.recovered = replay !== undefined
         hold.replay = replay ?? []
+        this.rt.metrics?.recovery(reply.recovered)
       }
       hold.queue = []
       afterAnswer(ctx, () => feed.release(conn, hold))

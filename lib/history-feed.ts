@@ -68,17 +68,16 @@ export class Feed {
     if (!this.flush()) this.catchUp()
   }
 
-  accept (live: Live): void {
-    if (this.forgotten) return
+  /** Returns how many subscribers the publication went to now (held ones included), 0 if kept or old. */
+  accept (live: Live): number {
+    if (this.forgotten) return 0
     if (this.state === 'live' && live.epoch === this.epoch) {
-      if (live.offset <= this.last) return
-      if (live.offset === this.last + 1) {
-        this.emit(live.offset, live.data, live.event)
-        return
-      }
+      if (live.offset <= this.last) return 0
+      if (live.offset === this.last + 1) return this.emit(live.offset, live.data, live.event)
     }
     this.keep(live)
     if (this.state === 'live' || this.state === 'stalled') this.catchUp()
+    return 0
   }
 
   /** The broker subscription was made again after a drop: read what was published meanwhile. */
@@ -146,14 +145,15 @@ export class Feed {
     return Buffer.from(plain.slice(0, -1) + ',"offset":' + offset + '}')
   }
 
-  private emit (offset: number, data: unknown, event: string | undefined): void {
+  /** Writes (or queues, for held subscribers) one publication; returns to how many subscribers. */
+  private emit (offset: number, data: unknown, event: string | undefined): number {
     this.last = offset
     const frame = this.frame(offset, data, event)
     const subscribers = this.host.subscribers(this.topic)
-    if (frame === undefined || subscribers === undefined) return
+    if (frame === undefined || subscribers === undefined) return 0
     if (this.holds.size === 0) {
       for (const conn of subscribers) conn.sendPublication(frame)
-      return
+      return subscribers.size
     }
     const held = { offset, epoch: this.epoch, frame }
     for (const conn of subscribers) {
@@ -167,6 +167,7 @@ export class Feed {
         }
       }
     }
+    return subscribers.size
   }
 
   private keep (live: Live): void {

@@ -13,7 +13,7 @@ export interface HistoryHost {
   readonly subscriptions: Subscriptions
   subscribe (conn: Peer, topic: string, deferJoin?: boolean): Promise<boolean>
   unsubscribe (conn: Peer, topic: string): Promise<boolean>
-  deliverPlain (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void
+  deliverPlain (topic: string, data: unknown, event: string | undefined): number
   /** Set when the `metrics` option is on: each `since` answered counts in drizzle_recoveries_total. */
   readonly metrics: { recovery (recovered: boolean): void } | undefined
 }
@@ -111,16 +111,18 @@ export class History {
     return this.broker().publish(topic, data, options, policy)
   }
 
-  /** A publication of a history topic from the broker (ours included). */
-  deliver (topic: string, data: unknown, event: string | undefined, meta: DeliveryMeta | undefined): void {
+  /**
+   * A publication of a history topic from the broker (ours included). Returns how many subscribers
+   * it went to at once: 0 when the feed keeps it until the ones before it are read back.
+   */
+  deliver (topic: string, data: unknown, event: string | undefined, meta: DeliveryMeta | undefined): number {
     if (meta?.offset === undefined || meta.epoch === undefined) {
       this.warnUnpositioned(topic)
-      this.rt.deliverPlain(topic, data, event)
-      return
+      return this.rt.deliverPlain(topic, data, event)
     }
     const feed = this.feeds.get(topic)
-    if (feed === undefined) return
-    feed.accept({ offset: meta.offset, epoch: meta.epoch, data, event })
+    if (feed === undefined) return 0
+    return feed.accept({ offset: meta.offset, epoch: meta.epoch, data, event })
   }
 
   /** The broker subscribed again after a drop: each feed reads back what it missed. */

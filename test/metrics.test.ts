@@ -156,8 +156,9 @@ test('a scrape after real traffic: connections, subscriptions, actions ok and fa
 })
 
 /**
- * Recoveries (history): each `$topic/subscribe` with a `since` counts once, `true` when the replay
- * covered it, `false` when the position was too old or of another epoch; a subscribe without one does not count.
+ * History topics. Recoveries: each `$topic/subscribe` with a `since` counts once, `true` when the replay
+ * covered it, `false` when the position was too old or of another epoch; a subscribe without one does
+ * not count. Publications: counted as local, as those of other topics.
  */
 async function recoveries (t: TestContext, broker: Parameters<typeof build>[1]['broker']): Promise<void> {
   const registry = new Registry()
@@ -183,13 +184,15 @@ async function recoveries (t: TestContext, broker: Parameters<typeof build>[1]['
   assert.equal((await client.request('$topic', 'subscribe', { topic: 'rooms/2', since: { offset: -1, epoch } })).statusCode, 400)
   assert.equal(await count(true), 2)
   assert.equal(await count(false), 2)
+  // Publications to history topics are made here like any other: counted as local.
+  assert.equal(sample(await scrape(registry), 'drizzle_publications_total', { source: 'local' }), 10)
 }
 
-test('drizzle_recoveries_total counts each since answered, by recovered (memory broker)', async (t) => {
+test('history topics: drizzle_recoveries_total counts each since answered, by recovered; publications count as local (memory broker)', async (t) => {
   await recoveries(t, undefined)
 })
 
-test('drizzle_recoveries_total counts each since answered, by recovered (Redis)', { skip: skipRedis, timeout: 30_000 }, async (t) => {
+test('history topics: drizzle_recoveries_total counts each since answered, by recovered; publications count as local (Redis)', { skip: skipRedis, timeout: 30_000 }, async (t) => {
   await recoveries(t, redisBroker({ url: REDIS_URL, prefix: `test:metrics:${randomUUID()}:` }))
 })
 

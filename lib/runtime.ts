@@ -285,21 +285,21 @@ export class Runtime implements ContextHost<Peer> {
     const template = topics.length === 1 ? this.patterns.match(topics[0] as string)?.declared.pattern : undefined
     const trace = tracing.startPublish(topics, this.broker.name, options?.traceparent, from, template)
     if (trace === undefined) return this.send(topics, data, options)
-    await tracing.endPublish(trace, this.send(topics, data, { ...options, traceparent: trace.traceparent }))
+    await tracing.endPublish(trace, () => this.send(topics, data, { ...options, traceparent: trace.traceparent }))
   }
 
   /**
-   * Delivers locally at once, then hands the publication to the broker for the other processes.
-   * History topics get their position from the broker, which hands the publication back to be
-   * delivered in offset order (lib/history.ts).
+   * Delivers locally at once, then hands the publication to the broker for the other processes (not
+   * async: the untraced path costs what it did). History topics get their position from the broker,
+   * which hands the publication back to be delivered in offset order (lib/history.ts).
    */
-  private async send (topics: readonly string[], data: unknown, options: PublishOptions | undefined): Promise<void> {
+  private send (topics: readonly string[], data: unknown, options: PublishOptions | undefined): Promise<void> {
     if (this.history.enabled) return this.sendWithHistory(topics, data, options)
     const json = JSON.stringify(data) ?? 'null'
     this.stats.publishedLocal += topics.length
     for (const t of topics) this.deliverJson(t, json, options?.event)
     if (topics.length === 1) return this.broker.publish(topics[0] as string, data, options)
-    await Promise.all(topics.map(t => this.broker.publish(t, data, options)))
+    return Promise.all(topics.map(t => this.broker.publish(t, data, options))).then(() => {})
   }
 
   private async sendWithHistory (topics: readonly string[], data: unknown, options: PublishOptions | undefined): Promise<void> {

@@ -166,11 +166,14 @@ export class Tracing {
     return { span, traceparent: traceparentOf(span.spanContext()) }
   }
 
-  /** Ends a publication's span when the broker took it, or failed to. */
-  async endPublish (trace: TracedPublish, sent: Promise<void>): Promise<void> {
+  /**
+   * Sends the publication and ends its span when the broker took it, or failed to; `send` may also
+   * throw at once (data that cannot be serialized), which ends the span with that error.
+   */
+  async endPublish (trace: TracedPublish, send: () => Promise<void>): Promise<void> {
     const span = trace.span as Api.Span
     try {
-      await sent
+      await send()
     } catch (err) {
       span.recordException(err as Error)
       span.setStatus({ code: this.api.SpanStatusCode.ERROR, message: (err as Error).message })

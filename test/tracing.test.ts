@@ -235,6 +235,17 @@ test('history topics through Redis: the FCALL message carries the publish span\'
   assert.equal(process.attributes['drizzle.deliveries'], 1)
 })
 
+test('a publication that cannot be serialized rejects, and its publish span ends with the error', async (t) => {
+  // No history topic declared: the plain path serializes at once, before anything is delivered.
+  const app = await build(t, {})
+  exporter.reset()
+  const { traceId, traceparent } = newTraceparent()
+  await assert.rejects(app.drizzle.publish('todos', { n: 1n }, { traceparent }), TypeError)
+  const publish = await oneSpan('publish span', s => s.name === 'publish')
+  assert.equal(publish.spanContext().traceId, traceId)
+  assert.equal(publish.status.code, SpanStatusCode.ERROR)
+})
+
 test('a failing action: 5xx marks the span as an error, with error.type', async (t) => {
   const app = await build(t, {}, resources)
   const client = await connect(t, await listen(app))

@@ -33,6 +33,8 @@ export interface FeedHost {
   subscribers (topic: string): ReadonlySet<Subscriber> | undefined
   /** Subscribes the broker to the topic and resolves once its publications flow. */
   follow (topic: string): Promise<void>
+  /** Counts publication frames written (or queued behind a subscribe reply), for drizzle_deliveries_total. */
+  delivered (count: number): void
 }
 
 /** Live publications kept while the feed catches up; past this, the oldest go (history has them). */
@@ -151,23 +153,29 @@ export class Feed {
     const frame = this.frame(offset, data, event)
     const subscribers = this.host.subscribers(this.topic)
     if (frame === undefined || subscribers === undefined) return 0
+    // Counted as Subscriptions.deliver counts: a slow consumer's skipped frame is not a delivery.
+    let delivered = 0
     if (this.holds.size === 0) {
-      for (const conn of subscribers) conn.sendPublication(frame)
-      return subscribers.size
+      for (const conn of subscribers) if (conn.sendPublication(frame)) delivered++
+      this.host.delivered(delivered)
+      return delivered
     }
     const held = { offset, epoch: this.epoch, frame }
     for (const conn of subscribers) {
       const holds = this.holds.get(conn)
-      if (holds === undefined) conn.sendPublication(frame)
-      else {
-        for (const hold of holds) {
-          // A subscriber that cannot take its replay loses the oldest: its client heals the gap.
-          if (hold.queue.length >= MAX_PENDING) hold.queue.shift()
-          hold.queue.push(held)
-        }
+      if (holds === undefined) {
+        if (conn.sendPublication(frame)) delivered++
+        continue
       }
+      for (const hold of holds) {
+        // A subscriber that cannot take its replay loses the oldest: its client heals the gap.
+        if (hold.queue.length >= MAX_PENDING) hold.queue.shift()
+        hold.queue.push(held)
+      }
+      delivered++
     }
-    return subscribers.size
+    this.host.delivered(delivered)
+    return delivered
   }
 
   private keep (live: Live): void {

@@ -14,6 +14,8 @@ export interface HistoryHost {
   subscribe (conn: Peer, topic: string, deferJoin?: boolean): Promise<boolean>
   unsubscribe (conn: Peer, topic: string): Promise<boolean>
   deliverPlain (topic: string, data: unknown, event: string | undefined): number
+  /** Plain counts read by the metrics: the feeds add the publication frames they write. */
+  readonly stats: { deliveries: number }
   /** Set when the `metrics` option is on: each `since` answered counts in drizzle_recoveries_total. */
   readonly metrics: { recovery (recovered: boolean): void } | undefined
 }
@@ -147,7 +149,8 @@ export class History {
         history: this.broker(),
         log: rt.log,
         subscribers: t => rt.subscriptions.byTopic.get(t),
-        follow: t => rt.broker.subscribe(t)
+        follow: t => rt.broker.subscribe(t),
+        delivered: count => { rt.stats.deliveries += count }
       })
       created.ready.catch(() => { if (this.feeds.get(topic) === created) this.feeds.delete(topic) })
       feed = created

@@ -10,7 +10,7 @@ import Type from 'typebox'
 import { Redis } from 'ioredis'
 import { Registry, register as defaultRegistry } from 'prom-client'
 import Fastify, { type FastifyInstance } from 'fastify'
-import drizzle, { type Position } from '../lib/index.js'
+import drizzle, { type DrizzleOptions, type Position } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { resolveOptions } from '../lib/options.js'
 import { build, connect, listen, type TestClient } from './helpers/client.js'
@@ -158,9 +158,9 @@ test('a scrape after real traffic: connections, subscriptions, actions ok and fa
 /**
  * History topics. Recoveries: each `$topic/subscribe` with a `since` counts once, `true` when the replay
  * covered it, `false` when the position was too old or of another epoch; a subscribe without one does
- * not count. Publications: counted as local, as those of other topics.
+ * not count. Publications: counted as local, as those of other topics, and their deliveries too.
  */
-async function recoveries (t: TestContext, broker: Parameters<typeof build>[1]['broker']): Promise<void> {
+async function recoveries (t: TestContext, broker: DrizzleOptions['broker']): Promise<void> {
   const registry = new Registry()
   const app = await build(t, { metrics: { registry }, broker }, app => { app.drizzle.topic('rooms/:id', { history: { size: 3, ttl: 60_000 } }) })
   const client = await connect(t, await listen(app))
@@ -184,8 +184,12 @@ async function recoveries (t: TestContext, broker: Parameters<typeof build>[1]['
   assert.equal((await client.request('$topic', 'subscribe', { topic: 'rooms/2', since: { offset: -1, epoch } })).statusCode, 400)
   assert.equal(await count(true), 2)
   assert.equal(await count(false), 2)
-  // Publications to history topics are made here like any other: counted as local.
-  assert.equal(sample(await scrape(registry), 'drizzle_publications_total', { source: 'local' }), 10)
+  // Publications to history topics are made here like any other: counted as local. Deliveries: the
+  // client was subscribed for all 10 as they were published live (replays are not deliveries).
+  await client.waitFor(f => f.topic === 'rooms/1' && f.offset === 10)
+  const s = await scrape(registry)
+  assert.equal(sample(s, 'drizzle_publications_total', { source: 'local' }), 10)
+  assert.equal(sample(s, 'drizzle_deliveries_total'), 10)
 }
 
 test('history topics: drizzle_recoveries_total counts each since answered, by recovered; publications count as local (memory broker)', async (t) => {

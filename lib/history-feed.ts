@@ -34,6 +34,8 @@ export interface FeedHost {
   subscribers (topic: string): ReadonlySet<Subscriber> | undefined
   /** Subscribes the broker to the topic and resolves once its publications flow. */
   follow (topic: string): Promise<void>
+  /** Counts publication frames written (or queued behind a subscribe reply), for drizzle_deliveries_total. */
+  delivered (count: number): void
 }
 
 /** Live publications kept while the feed catches up; past this, the oldest go (history has them). */
@@ -75,19 +77,18 @@ export class Feed {
     if (!this.flush()) this.catchUp()
   }
 
-  accept (live: Live): void {
-    if (this.forgotten) return
+  /** Returns how many subscribers the publication went to now (held ones included), 0 if kept or old. */
+  accept (live: Live): number {
+    if (this.forgotten) return 0
     if (this.state === 'live' && live.epoch === this.epoch) {
-      if (live.offset <= this.last) return
-      if (live.offset === this.last + 1) {
-        this.emit(live.offset, live.data, live.event)
-        return
-      }
+      if (live.offset <= this.last) return 0
+      if (live.offset === this.last + 1) return this.emit(live.offset, live.data, live.event)
     }
     this.keep(live)
     // Stalled, the retry timer reads again: a read per publication would only add to the load of a
     // broker that is already too slow to answer.
     if (this.state === 'live') this.catchUp()
+    return 0
   }
 
   /** The broker subscription was made again after a drop: read what was published meanwhile. */
@@ -155,27 +156,35 @@ export class Feed {
     return textFrame(plain.slice(0, -1) + ',"offset":' + offset + '}')
   }
 
-  private emit (offset: number, data: unknown, event: string | undefined): void {
+  /** Writes (or queues, for held subscribers) one publication; returns to how many subscribers. */
+  private emit (offset: number, data: unknown, event: string | undefined): number {
     this.last = offset
     const frame = this.frame(offset, data, event)
     const subscribers = this.host.subscribers(this.topic)
-    if (frame === undefined || subscribers === undefined) return
+    if (frame === undefined || subscribers === undefined) return 0
+    // Counted as Subscriptions.deliver counts: a slow consumer's skipped frame is not a delivery.
+    let delivered = 0
     if (this.holds.size === 0) {
-      for (const conn of subscribers) conn.sendPublication(frame)
-      return
+      for (const conn of subscribers) if (conn.sendPublication(frame)) delivered++
+      this.host.delivered(delivered)
+      return delivered
     }
     const held = { offset, epoch: this.epoch, frame }
     for (const conn of subscribers) {
       const holds = this.holds.get(conn)
-      if (holds === undefined) conn.sendPublication(frame)
-      else {
-        for (const hold of holds) {
-          // A subscriber that cannot take its replay loses the oldest: its client heals the gap.
-          if (hold.queue.length >= MAX_PENDING) hold.queue.shift()
-          hold.queue.push(held)
-        }
+      if (holds === undefined) {
+        if (conn.sendPublication(frame)) delivered++
+        continue
       }
+      for (const hold of holds) {
+        // A subscriber that cannot take its replay loses the oldest: its client heals the gap.
+        if (hold.queue.length >= MAX_PENDING) hold.queue.shift()
+        hold.queue.push(held)
+      }
+      delivered++
     }
+    this.host.delivered(delivered)
+    return delivered
   }
 
   private keep (live: Live): void {

@@ -13,7 +13,11 @@ export interface HistoryHost {
   readonly subscriptions: Subscriptions
   subscribe (conn: Peer, topic: string, deferJoin?: boolean): Promise<boolean>
   unsubscribe (conn: Peer, topic: string): Promise<boolean>
-  deliverPlain (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void
+  deliverPlain (topic: string, data: unknown, event: string | undefined): number
+  /** Plain counts read by the metrics: the feeds add the publication frames they write. */
+  readonly stats: { deliveries: number }
+  /** Set when the `metrics` option is on: each `since` answered counts in drizzle_recoveries_total. */
+  readonly metrics: { recovery (recovered: boolean): void } | undefined
 }
 
 // Topic history (README "History and recovery"): declared topics with `history: { size, ttl }` get
@@ -109,16 +113,18 @@ export class History {
     return this.broker().publish(topic, data, options, policy)
   }
 
-  /** A publication of a history topic from the broker (ours included). */
-  deliver (topic: string, data: unknown, event: string | undefined, meta: DeliveryMeta | undefined): void {
+  /**
+   * A publication of a history topic from the broker (ours included). Returns how many subscribers
+   * it went to at once: 0 when the feed keeps it until the ones before it are read back.
+   */
+  deliver (topic: string, data: unknown, event: string | undefined, meta: DeliveryMeta | undefined): number {
     if (meta?.offset === undefined || meta.epoch === undefined) {
       this.warnUnpositioned(topic)
-      this.rt.deliverPlain(topic, data, event)
-      return
+      return this.rt.deliverPlain(topic, data, event)
     }
     const feed = this.feeds.get(topic)
-    if (feed === undefined) return
-    feed.accept({ offset: meta.offset, epoch: meta.epoch, data, event })
+    if (feed === undefined) return 0
+    return feed.accept({ offset: meta.offset, epoch: meta.epoch, data, event })
   }
 
   /** The broker subscribed again after a drop: each feed reads back what it missed. */
@@ -143,7 +149,8 @@ export class History {
         history: this.broker(),
         log: rt.log,
         subscribers: t => rt.subscriptions.byTopic.get(t),
-        follow: t => rt.broker.subscribe(t)
+        follow: t => rt.broker.subscribe(t),
+        delivered: count => { rt.stats.deliveries += count }
       })
       created.ready.catch(() => { if (this.feeds.get(topic) === created) this.feeds.delete(topic) })
       feed = created
@@ -177,6 +184,7 @@ export class History {
         const replay = replayOf(feed, since, read, hold.queue)
         reply.recovered = replay !== undefined
         hold.replay = replay ?? []
+        this.rt.metrics?.recovery(reply.recovered)
       }
       hold.queue = []
       afterAnswer(ctx, () => feed.release(conn, hold))

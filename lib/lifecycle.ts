@@ -72,16 +72,19 @@ export class ActionRunner {
     const span: TraceSpan | undefined = tracing?.active === true ? tracing.startAction(invocation) : undefined
     try {
       const { action, message, ctx } = invocation
+      // The span is active only where a context manager can make it so (Tracing.activates);
+      // publications made through ctx find it on ctx either way.
+      const activate = span !== undefined && (tracing as Tracing).activates
       let result: string | Streamed
-      if (span === undefined && !action.hasHooks) {
+      if (!activate && !action.hasHooks) {
         // execute()'s work without its async frame: one promise less per request on the common path.
         validate(action, message)
         const data = await action.handler.call(action.scope, message, ctx)
         result = isStream(data) ? data : action.serialize(data)
       } else {
-        result = span === undefined
-          ? await execute(action, message, ctx)
-          : await (tracing as Tracing).runAction(span, () => execute(action, message, ctx))
+        result = activate
+          ? await (tracing as Tracing).runAction(span as TraceSpan, () => execute(action, message, ctx))
+          : await execute(action, message, ctx)
       }
       json = typeof result === 'string' ? result : await this.stream(invocation, result)
     } catch (err) {

@@ -272,35 +272,37 @@ export class Runtime implements ContextHost<Peer> {
     const event = options?.event
     if (event !== undefined && typeof event !== 'string') throw new InvalidTopicError(`event must be a string, received ${describe(event)}`)
     this.topicSchemas.check(this.patterns, topics, data)
-    if (this.history.enabled) return this.publishWithHistory(topics, data, options)
-    const json = JSON.stringify(data) ?? 'null'
-    if (this.tracing?.active === true) return this.tracedPublish(topics, json, data, options, from)
-    for (const t of topics) this.deliverJson(t, json, event)
-    this.stats.publishedLocal += topics.length
-    if (topics.length === 1) return this.broker.publish(topics[0] as string, data, options)
-    await Promise.all(topics.map(t => this.broker.publish(t, data, options)))
-  }
-
-  /** publish() with a span, whose context the broker message carries (PROTOCOL.md, Trace context). */
-  private async tracedPublish (topics: readonly string[], json: string, data: unknown, options: PublishOptions | undefined, from: ActionContext | undefined): Promise<void> {
-    const tracing = this.tracing as Tracing
-    const template = topics.length === 1 ? this.patterns.match(topics[0] as string)?.declared.pattern : undefined
-    const trace = tracing.startPublish(topics, this.broker.name, options?.traceparent, from, template)
-    for (const t of topics) this.deliverJson(t, json, options?.event)
-    this.stats.publishedLocal += topics.length
-    if (trace === undefined) {
-      await Promise.all(topics.map(t => this.broker.publish(t, data, options)))
-      return
-    }
-    const carried = { ...options, traceparent: trace.traceparent }
-    await tracing.endPublish(trace, Promise.all(topics.map(t => this.broker.publish(t, data, carried))).then(() => {}))
+    if (this.tracing?.active === true) return this.tracedPublish(topics, data, options, from)
+    return this.send(topics, data, options)
   }
 
   /**
-   * History topics get their position from the broker, which hands the publication back to be
-   * delivered in offset order; other topics are delivered locally at once, as without history.
+   * publish() with a span, whose context the broker message carries (PROTOCOL.md, Trace context),
+   * history topics included: sent the same way, counted the same way.
    */
-  private async publishWithHistory (topics: readonly string[], data: unknown, options: PublishOptions | undefined): Promise<void> {
+  private async tracedPublish (topics: readonly string[], data: unknown, options: PublishOptions | undefined, from: ActionContext | undefined): Promise<void> {
+    const tracing = this.tracing as Tracing
+    const template = topics.length === 1 ? this.patterns.match(topics[0] as string)?.declared.pattern : undefined
+    const trace = tracing.startPublish(topics, this.broker.name, options?.traceparent, from, template)
+    if (trace === undefined) return this.send(topics, data, options)
+    await tracing.endPublish(trace, () => this.send(topics, data, { ...options, traceparent: trace.traceparent }))
+  }
+
+  /**
+   * Delivers locally at once, then hands the publication to the broker for the other processes (not
+   * async: the untraced path costs what it did). History topics get their position from the broker,
+   * which hands the publication back to be delivered in offset order (lib/history.ts).
+   */
+  private send (topics: readonly string[], data: unknown, options: PublishOptions | undefined): Promise<void> {
+    if (this.history.enabled) return this.sendWithHistory(topics, data, options)
+    const json = JSON.stringify(data) ?? 'null'
+    this.stats.publishedLocal += topics.length
+    for (const t of topics) this.deliverJson(t, json, options?.event)
+    if (topics.length === 1) return this.broker.publish(topics[0] as string, data, options)
+    return Promise.all(topics.map(t => this.broker.publish(t, data, options))).then(() => {})
+  }
+
+  private async sendWithHistory (topics: readonly string[], data: unknown, options: PublishOptions | undefined): Promise<void> {
     let json: string | undefined
     const sent: Array<Promise<unknown>> = []
     for (const t of topics) {
@@ -313,6 +315,7 @@ export class Runtime implements ContextHost<Peer> {
       this.deliverJson(t, json, options?.event)
       sent.push(this.broker.publish(t, data, options))
     }
+    this.stats.publishedLocal += topics.length
     await Promise.all(sent)
   }
 
@@ -337,24 +340,32 @@ export class Runtime implements ContextHost<Peer> {
     conn.abortOnClose(controller)
   }
 
-  /** What a broker calls with a publication from another process (or, for history topics, any). */
+  /**
+   * What a broker calls with a publication from another process (or, for history topics, any: this
+   * instance's own come back, and their delivery span is made here, linked as any other).
+   */
   deliver (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void {
     if (this.users.intercept(topic, data, event)) return
     // Another instance's $join/$leave: a member, not a publication (no schema check, no position).
     if (this.presence.isPresenceFrame(topic, event)) {
-      this.deliverPlain(topic, data, event, meta)
+      this.deliverPlain(topic, data, event)
       return
     }
     if (this.dropsInvalid(topic, data)) return
-    if (this.history.enabled && this.history.policyOf(topic) !== undefined) {
-      this.history.deliver(topic, data, event, meta)
+    const history = this.history.enabled && this.history.policyOf(topic) !== undefined
+    const traceparent = meta?.traceparent
+    if (traceparent === undefined || this.tracing?.active !== true) {
+      if (history) this.history.deliver(topic, data, event, meta)
+      else this.deliverPlain(topic, data, event)
       return
     }
-    this.deliverPlain(topic, data, event, meta)
+    const span = this.tracing.startDelivery(topic, this.broker.name, traceparent, this.patterns.match(topic)?.declared.pattern)
+    const delivered = history ? this.history.deliver(topic, data, event, meta) : this.deliverPlain(topic, data, event)
+    if (span !== undefined) this.tracing.endDelivery(span, delivered)
   }
 
-  /** Delivers a publication as it came, without a position. */
-  deliverPlain (topic: string, data: unknown, event: string | undefined, meta?: DeliveryMeta): void {
+  /** Delivers a publication as it came, without a position; returns how many sockets got it. */
+  deliverPlain (topic: string, data: unknown, event: string | undefined): number {
     let json: string
     try {
       json = JSON.stringify(data) ?? 'null'
@@ -363,17 +374,10 @@ export class Runtime implements ContextHost<Peer> {
       // garbage from another process, dropped with a warning, without the payload.
       this.log.warn({ topic, reason: (err as Error).message }, 'dropped a publication from the broker that cannot be serialized')
       this.stats.droppedInvalid++
-      return
+      return 0
     }
     this.stats.publishedBroker++
-    const traceparent = meta?.traceparent
-    if (traceparent === undefined || this.tracing?.active !== true) {
-      this.deliverJson(topic, json, event)
-      return
-    }
-    const span = this.tracing.startDelivery(topic, this.broker.name, traceparent, this.patterns.match(topic)?.declared.pattern)
-    const delivered = this.deliverJson(topic, json, event)
-    if (span !== undefined) this.tracing.endDelivery(span, delivered)
+    return this.deliverJson(topic, json, event)
   }
 
   /** A publication from the broker that fails its topic's schema reaches nobody: one warning, no payload. */

@@ -31,6 +31,7 @@ export interface TracedPublish { span: TraceSpan, traceparent: string }
 /** Semantic-convention values (RPC and messaging) this plugin writes. */
 const RPC_SYSTEM = 'fastify-drizzle'
 const TRACER_NAME = 'fastify-drizzle'
+const kProbe = Symbol('fastify-drizzle.probe')
 
 /** Loads @opentelemetry/api if the app installed it; undefined otherwise (then nothing is traced). */
 export async function loadTracing (): Promise<Tracing | undefined> {
@@ -45,14 +46,23 @@ export async function loadTracing (): Promise<Tracing | undefined> {
 export class Tracing {
   /** True once `probe` found an SDK; until then, and without one, nothing is traced. */
   active = false
+  /**
+   * True when a context manager is registered (`probe`): only then does making a span active change
+   * what the app's own code sees. Without one, `context.with` runs the function in the root context
+   * whatever it is given, so running an action "with" its span would build a context for nothing.
+   */
+  activates = false
   private tracer: Api.Tracer | undefined
   /** The context of each upgrade request, captured while its handler ran: the parent of its actions. */
   private readonly upgrades = new WeakMap<object, Api.Context>()
   private readonly api: OtelApi
+  /** startSpan's options for actions, made once: the SDK only reads them. */
+  private readonly serverKind: Api.SpanOptions
 
   // Typed `object` so that no declaration of the plugin refers to @opentelemetry/api.
   constructor (api: object) {
     this.api = api as OtelApi
+    this.serverKind = { kind: this.api.SpanKind.SERVER }
   }
 
   /**
@@ -65,6 +75,10 @@ export class Tracing {
     const probe = tracer.startSpan('probe', { root: true }, this.api.ROOT_CONTEXT)
     this.active = this.api.isSpanContextValid(probe.spanContext())
     this.tracer = this.active ? tracer : undefined
+    // Asked through the public API, as for the SDK: a context given to `with` is the active one inside
+    // it only when a context manager is registered (the API's default one keeps ROOT_CONTEXT).
+    const marker = this.api.ROOT_CONTEXT.setValue(kProbe, true)
+    this.activates = this.active && this.api.context.with(marker, () => this.api.context.active() === marker)
   }
 
   /** Keeps the trace of the upgrade request (e.g. @fastify/otel's span), for actions without a traceparent. */
@@ -80,7 +94,7 @@ export class Tracing {
   /** Starts the span of an action (kind SERVER, named `<resource>/<action>` as RPC spans are). */
   startAction (invocation: TracedInvocation): TraceSpan {
     const { resource, action } = invocation.action
-    const span = (this.tracer as Api.Tracer).startSpan(`${resource}/${action}`, { kind: this.api.SpanKind.SERVER }, this.parentOf(invocation))
+    const span = (this.tracer as Api.Tracer).startSpan(`${resource}/${action}`, this.serverKind, this.parentOf(invocation))
     if (span.isRecording()) {
       span.setAttributes({
         'rpc.system': RPC_SYSTEM,
@@ -93,7 +107,10 @@ export class Tracing {
     return span
   }
 
-  /** Runs the action with its span active, so the app's own spans (database, HTTP calls) nest in it. */
+  /**
+   * Runs the action with its span active, so the app's own spans (database, HTTP calls) nest in it,
+   * an unsampled one included (its children stay unsampled). Callers skip it when `activates` is false.
+   */
   runAction<T> (span: TraceSpan, fn: () => Promise<T>): Promise<T> {
     return this.api.context.with(this.api.trace.setSpan(this.api.context.active(), span as Api.Span), fn)
   }
@@ -149,11 +166,14 @@ export class Tracing {
     return { span, traceparent: traceparentOf(span.spanContext()) }
   }
 
-  /** Ends a publication's span when the broker took it, or failed to. */
-  async endPublish (trace: TracedPublish, sent: Promise<void>): Promise<void> {
+  /**
+   * Sends the publication and ends its span when the broker took it, or failed to; `send` may also
+   * throw at once (data that cannot be serialized), which ends the span with that error.
+   */
+  async endPublish (trace: TracedPublish, send: () => Promise<void>): Promise<void> {
     const span = trace.span as Api.Span
     try {
-      await sent
+      await send()
     } catch (err) {
       span.recordException(err as Error)
       span.setStatus({ code: this.api.SpanStatusCode.ERROR, message: (err as Error).message })

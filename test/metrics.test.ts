@@ -10,7 +10,7 @@ import Type from 'typebox'
 import { Redis } from 'ioredis'
 import { Registry, register as defaultRegistry } from 'prom-client'
 import Fastify, { type FastifyInstance } from 'fastify'
-import drizzle from '../lib/index.js'
+import drizzle, { type DrizzleOptions, type Position } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { resolveOptions } from '../lib/options.js'
 import { build, connect, listen, type TestClient } from './helpers/client.js'
@@ -153,6 +153,51 @@ test('a scrape after real traffic: connections, subscriptions, actions ok and fa
   slow.terminate()
   await waitFor('the connection count to drop', async () => sample(await scrape(registry), 'drizzle_connections') === 1)
   assert.equal(sample(await scrape(registry), 'drizzle_subscriptions'), 2, 'only b\'s two are left')
+})
+
+/**
+ * History topics. Recoveries: each `$topic/subscribe` with a `since` counts once, `true` when the replay
+ * covered it, `false` when the position was too old or of another epoch; a subscribe without one does
+ * not count. Publications: counted as local, as those of other topics, and their deliveries too.
+ */
+async function recoveries (t: TestContext, broker: DrizzleOptions['broker']): Promise<void> {
+  const registry = new Registry()
+  const app = await build(t, { metrics: { registry }, broker }, app => { app.drizzle.topic('rooms/:id', { history: { size: 3, ttl: 60_000 } }) })
+  const client = await connect(t, await listen(app))
+  const count = async (recovered: boolean) => sample(await scrape(registry), 'drizzle_recoveries_total', { recovered: String(recovered) })
+  const resubscribe = async (since?: Position) => {
+    await client.request('$topic', 'unsubscribe', { topic: 'rooms/1' })
+    return (await client.request('$topic', 'subscribe', since === undefined ? { topic: 'rooms/1' } : { topic: 'rooms/1', since })).data
+  }
+  await client.request('$topic', 'subscribe', { topic: 'rooms/1' })
+  for (let n = 1; n <= 2; n++) await app.drizzle.publish('rooms/1', { n })
+  const { epoch } = await app.drizzle.position('rooms/1')
+  assert.equal((await resubscribe({ offset: 1, epoch })).recovered, true)
+  assert.equal((await resubscribe({ offset: 2, epoch })).recovered, true, 'nothing missed is recovered too')
+  assert.equal(await count(true), 2)
+  assert.equal(await count(false), 0)
+  for (let n = 3; n <= 10; n++) await app.drizzle.publish('rooms/1', { n })
+  assert.equal((await resubscribe({ offset: 2, epoch })).recovered, false, 'older than size')
+  assert.equal((await resubscribe({ offset: 9, epoch: `${epoch}-other` })).recovered, false, 'another epoch')
+  assert.equal((await resubscribe()).recovered, undefined)
+  // A subscribe refused before history answers (a malformed since) is no recovery either.
+  assert.equal((await client.request('$topic', 'subscribe', { topic: 'rooms/2', since: { offset: -1, epoch } })).statusCode, 400)
+  assert.equal(await count(true), 2)
+  assert.equal(await count(false), 2)
+  // Publications to history topics are made here like any other: counted as local. Deliveries: the
+  // client was subscribed for all 10 as they were published live (replays are not deliveries).
+  await client.waitFor(f => f.topic === 'rooms/1' && f.offset === 10)
+  const s = await scrape(registry)
+  assert.equal(sample(s, 'drizzle_publications_total', { source: 'local' }), 10)
+  assert.equal(sample(s, 'drizzle_deliveries_total'), 10)
+}
+
+test('history topics: drizzle_recoveries_total counts each since answered, by recovered; publications count as local (memory broker)', async (t) => {
+  await recoveries(t, undefined)
+})
+
+test('history topics: drizzle_recoveries_total counts each since answered, by recovered; publications count as local (Redis)', { skip: skipRedis, timeout: 30_000 }, async (t) => {
+  await recoveries(t, redisBroker({ url: REDIS_URL, prefix: `test:metrics:${randomUUID()}:` }))
 })
 
 test('a broker outage: drizzle_broker_up goes to 0 and back, drizzle_broker_outages_total counts it once', { skip: skipPrivateRedis, timeout: 30_000 }, async (t) => {

@@ -45,6 +45,7 @@ async function oneSpan (what: string, predicate: (span: ReadableSpan) => boolean
 }
 
 function resources (app: FastifyInstance): void {
+  app.drizzle.topic('rooms/:id', { history: { size: 100, ttl: 60_000 } })
   app.drizzle.resource('todos', {
     get: async () => ({ ok: true }),
     crash: async () => { throw new Error('database down') },
@@ -53,7 +54,15 @@ function resources (app: FastifyInstance): void {
       await ctx.publish('todos', message.data, { event: 'created' })
       return message.data
     },
-    watch: async (_m, ctx) => { await ctx.subscribe('todos'); return true }
+    watch: async (_m, ctx) => { await ctx.subscribe('todos'); return true },
+    // A history topic: its publications get their position from the broker, traced as any other.
+    say: async (message, ctx) => { await ctx.publish('rooms/1', message.data); return true },
+    // What the app's own instrumentation would see: the active span, and the trace a span it starts joins.
+    peek: async () => {
+      const own = trace.getTracer('app').startSpan('app.work')
+      own.end()
+      return { active: trace.getActiveSpan() !== undefined, traceId: own.spanContext().traceId }
+    }
   })
 }
 
@@ -151,6 +160,90 @@ test('an unsampled traceparent: nothing recorded, nothing carried', { skip: skip
   await waitFor('the raw subscriber to get the message', () => carried.length > 0)
   assert.equal('traceparent' in (carried[0] as object), false)
   assert.equal(exporter.getFinishedSpans().length, 0)
+})
+
+test('without a context manager nothing can be made active: the handler sees no active span, as OpenTelemetry\'s no-op manager gives', async (t) => {
+  // This file registers no context manager (test/tracing-context.test.ts does): the plugin then skips
+  // activating the span, which `context.with` could not have done either. The action is still traced.
+  const app = await build(t, {}, resources)
+  const client = await connect(t, await listen(app))
+  exporter.reset()
+  const { traceparent, traceId } = newTraceparent()
+  const requestId = randomUUID()
+  client.send({ resource: 'todos', action: 'peek', request_id: requestId, traceparent })
+  const { data } = await client.reply(requestId)
+  assert.equal(data.active, false)
+  assert.notEqual(data.traceId, traceId, 'the app\'s own span starts a trace of its own')
+  const action = await oneSpan('action span', s => s.name === 'todos/peek')
+  assert.equal(action.spanContext().traceId, traceId)
+})
+
+test('history topics are traced as others (memory broker): publish span, its traceparent handed back with the position, a linked delivery span', async (t) => {
+  const app = await build(t, {}, resources)
+  const client = await connect(t, await listen(app))
+  await client.request('$topic', 'subscribe', { topic: 'rooms/1' })
+  exporter.reset()
+  const { traceId, spanId, traceparent } = newTraceparent()
+  await app.drizzle.publish('rooms/1', { n: 1 }, { traceparent })
+  await client.waitFor(f => f.topic === 'rooms/1' && f.offset === 1)
+  const publish = await oneSpan('publish span', s => s.name === 'publish')
+  assert.equal(publish.spanContext().traceId, traceId)
+  assert.equal(publish.parentSpanContext?.spanId, spanId)
+  assert.equal(publish.attributes['messaging.destination.template'], 'rooms/:id')
+  // The memory broker hands the publication back to be delivered in offset order: that delivery is linked.
+  const process = await oneSpan('delivery span', s => s.name === 'process')
+  assert.deepEqual(process.links.map(l => l.context.spanId), [publish.spanContext().spanId])
+  assert.equal(process.attributes['drizzle.deliveries'], 1)
+
+  // Made in an action: the action's span is the parent.
+  const requestId = randomUUID()
+  client.send({ resource: 'todos', action: 'say', data: { n: 2 }, request_id: requestId, traceparent })
+  await client.reply(requestId)
+  const action = await oneSpan('action span', s => s.name === 'todos/say')
+  const second = await oneSpan('second publish span', s => s.name === 'publish' && s.parentSpanContext?.spanId === action.spanContext().spanId)
+  assert.equal(second.spanContext().traceId, traceId)
+})
+
+test('history topics through Redis: the FCALL message carries the publish span\'s traceparent, kept in the stream, and the other instance links to it', { skip: skipRedis, timeout: 30_000 }, async (t) => {
+  const prefix = `test:tracing:${randomUUID()}:`
+  const a = await build(t, { broker: redisBroker({ url: REDIS_URL, prefix }) }, resources)
+  const b = await build(t, { broker: redisBroker({ url: REDIS_URL, prefix }) }, resources)
+  const onA = await connect(t, await listen(a))
+  const onB = await connect(t, await listen(b))
+  await onB.request('$topic', 'subscribe', { topic: 'rooms/1' })
+  const raw = new Redis(REDIS_URL)
+  t.after(() => raw.disconnect())
+  exporter.reset()
+  const { traceId, traceparent } = newTraceparent()
+  const requestId = randomUUID()
+  onA.send({ resource: 'todos', action: 'say', data: { text: 'hi' }, request_id: requestId, traceparent })
+  await onA.reply(requestId)
+  await onB.waitFor(f => f.topic === 'rooms/1' && f.data.text === 'hi')
+  const action = await oneSpan('action span', s => s.name === 'todos/say' && s.spanContext().traceId === traceId)
+  const publish = await oneSpan('publish span', s => s.name === 'publish' && s.spanContext().traceId === traceId)
+  assert.equal(publish.parentSpanContext?.spanId, action.spanContext().spanId)
+  assert.equal(publish.attributes['messaging.system'], 'redis')
+  const sent = `00-${traceId}-${publish.spanContext().spanId}-01`
+  // What drizzle_publish stored (and published): the message as given, its position appended.
+  const entries = await raw.xrange(`${prefix}rooms/1:~stream`, '-', '+') as Array<[string, string[]]>
+  assert.equal(entries.length, 1)
+  const stored = JSON.parse(entries[0]?.[1][1] as string)
+  assert.deepEqual({ ...stored, epoch: 'e' }, { data: { text: 'hi' }, traceparent: sent, offset: 1, epoch: 'e' })
+  // b delivers it, linked to the publish span; a has no subscriber of rooms/1, so no broker subscription, no span.
+  const process = await oneSpan('delivery span', s => s.name === 'process' && s.links.some(l => l.context.spanId === publish.spanContext().spanId))
+  assert.equal(process.attributes['messaging.destination.name'], 'rooms/1')
+  assert.equal(process.attributes['drizzle.deliveries'], 1)
+})
+
+test('a publication that cannot be serialized rejects, and its publish span ends with the error', async (t) => {
+  // No history topic declared: the plain path serializes at once, before anything is delivered.
+  const app = await build(t, {})
+  exporter.reset()
+  const { traceId, traceparent } = newTraceparent()
+  await assert.rejects(app.drizzle.publish('todos', { n: 1n }, { traceparent }), TypeError)
+  const publish = await oneSpan('publish span', s => s.name === 'publish')
+  assert.equal(publish.spanContext().traceId, traceId)
+  assert.equal(publish.status.code, SpanStatusCode.ERROR)
 })
 
 test('a failing action: 5xx marks the span as an error, with error.type', async (t) => {

@@ -54,7 +54,9 @@ export class MemoryHistory implements BrokerHistory {
     // Kept serialized: the app may change the object it published afterwards.
     const offset = history.append({ json: JSON.stringify(data) ?? 'null', event })
     const position = { offset, epoch: history.epoch }
-    this.sink?.deliver(topic, data, event, position)
+    // The trace context goes with the publication, as a broker message's `traceparent` does.
+    const traceparent = options?.traceparent
+    this.sink?.deliver(topic, data, event, traceparent === undefined ? position : { ...position, traceparent })
     return position
   }
 

@@ -95,12 +95,12 @@ export class RedisHistory implements BrokerHistory {
   constructor (
     private readonly call: CallFunction,
     /** The broker message of a publication (no origin: it must come back to its own instance). */
-    private readonly encode: (data: unknown, event: string | undefined) => Buffer,
+    private readonly encode: (data: unknown, event: string | undefined, traceparent: string | undefined) => Buffer,
     private readonly maxMessageBytes: number
   ) {}
 
   async publish (topic: string, data: unknown, options: PublishOptions | undefined, policy: HistoryPolicy): Promise<Position> {
-    const body = this.encode(data, options?.event)
+    const body = this.encode(data, options?.event, options?.traceparent)
     return toPosition(await this.call('drizzle_publish', topic, [body, String(policy.size), String(policy.ttl)]))
   }
 

@@ -2,7 +2,7 @@ import { Redis, type RedisOptions } from 'ioredis'
 import type { Broker, BrokerFeature, BrokerLogger } from './types.js'
 export type { BrokerLogger } from './types.js'
 import { BaseBroker, type BaseSettings } from './base.js'
-import { DEFAULT_MAX_MESSAGE_BYTES } from './wire.js'
+import { DEFAULT_MAX_MESSAGE_BYTES, isTraceparent, type BrokerMessage } from './wire.js'
 import { backoffDelay } from './backoff.js'
 import { errorMessage, withTimeout } from './toolkit.js'
 import { RedisPresence } from './redis-presence.js'
@@ -111,7 +111,7 @@ class RedisBroker extends BaseBroker {
       run: command => this.command(command),
       log: () => this.log
     })
-    this.history = new RedisHistory((name, topic, args) => this.callFunction(name, topic, args), (data, event) => this.encodePositioned(data, event), settings.maxMessageBytes)
+    this.history = new RedisHistory((name, topic, args) => this.callFunction(name, topic, args), (data, event, traceparent) => this.encodePositioned(data, event, traceparent), settings.maxMessageBytes)
   }
 
   protected async open (): Promise<void> {
@@ -185,10 +185,17 @@ class RedisBroker extends BaseBroker {
     }
   }
 
-  /** A history publication: no origin, since it must come back to this instance to be delivered in order. */
-  private encodePositioned (data: unknown, event: unknown): Buffer {
+  /**
+   * A history publication: no origin, since it must come back to this instance to be delivered in
+   * order. Its trace context is the broker message's `traceparent`, as for PUBLISH: drizzle_publish
+   * keeps the message as given, so the stream and every receiver get it.
+   */
+  private encodePositioned (data: unknown, event: unknown, traceparent: unknown): Buffer {
     if (event !== undefined && typeof event !== 'string') fail('event', 'expected a string', event)
-    const body = Buffer.from(JSON.stringify(event === undefined ? { data: data ?? null } : { data: data ?? null, event }))
+    if (traceparent !== undefined && !isTraceparent(traceparent)) fail('traceparent', 'expected a W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>")', traceparent)
+    const message: BrokerMessage = event === undefined ? { data: data ?? null } : { data: data ?? null, event }
+    if (traceparent !== undefined) message.traceparent = traceparent
+    const body = Buffer.from(JSON.stringify(message))
     if (body.length > this.settings.maxMessageBytes) {
       throw this.unavailable(`message of ${body.length} bytes exceeds maxMessageBytes (${this.settings.maxMessageBytes})`)
     }

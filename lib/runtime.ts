@@ -4,14 +4,8 @@ import { Compile } from 'typebox/compile'
 import type { Broker, DeliveryMeta, Position, PublishOptions } from './brokers/types.js'
 import { memoryBroker } from './brokers/memory.js'
 import type { ActionContext, ContextHost, DrizzleConnection } from './context.js'
-import {
-  ActionNotFoundError, AlreadyStartedError, BrokerUnsupportedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TooManySubscriptionsError, TopicNotFoundError,
-  validationError, describe
-} from './errors.js'
-import {
-  ACTION_HOOKS, APPLICATION_HOOKS, compileHook, isActionHookName, runSafeHooks, type ActionHookName, type ApplicationHookName,
-  type CompiledHook
-} from './hooks.js'
+import { ActionNotFoundError, AlreadyStartedError, BrokerUnsupportedError, ForbiddenError, InvalidTopicError, ResourceNotFoundError, TooManySubscriptionsError, TopicNotFoundError, validationError, describe } from './errors.js'
+import { ACTION_HOOKS, APPLICATION_HOOKS, compileHook, isActionHookName, runSafeHooks, type ActionHookName, type ApplicationHookName, type CompiledHook } from './hooks.js'
 import { History, parseSince } from './history.js'
 import { ActionRunner } from './lifecycle.js'
 import { Stats, type ActionMetrics } from './metrics.js'

@@ -37,8 +37,8 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
   private signals: Set<AbortController> | undefined
   /** Made on first read, like the id (lib/socket-io.ts). */
   private ownStore: DrizzleConnectionStore | undefined
-  /** Requests in flight by id, for `$request/cancel` (lib/stream.ts). */
-  private readonly requests = new RequestTable()
+  /** Requests in flight by id, for `$request/cancel` (lib/stream.ts); made by the first request. */
+  private requests: RequestTable | undefined = undefined
 
   constructor (socket: WebSocket, readonly request: FastifyRequest, rt: Runtime) {
     super(socket, rt, request.log)
@@ -103,6 +103,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
     const ctx = new ActionContext(this.rt, this, action.resource, action.action, message.request_id, action.scope)
     this.inFlight++
     const invocation = new Invocation(action, message, ctx, this)
+    this.requests ??= new RequestTable()
     this.requests.add(invocation)
     // run() never rejects: failures are answered or logged there.
     this.rt.runner.run(invocation)
@@ -204,7 +205,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
   /** The handler has ended (Answer): its in-flight slot is free. */
   ended (invocation: Invocation): void {
     this.inFlight--
-    this.requests.delete(invocation)
+    this.requests?.delete(invocation)
     if (this.signals !== undefined && this.signals.size > 0) {
       const controller = controllerOf(invocation.ctx)
       if (controller !== undefined) this.signals.delete(controller)
@@ -234,7 +235,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   /** Answer: a stream's items come back here; a stream reusing an id in flight is refused. */
   streamWriter (invocation: Invocation): StreamWriter | Error {
-    return this.requests.owns(invocation) ? this : new DuplicateStreamError(encodeId(invocation.message.request_id))
+    return this.requests?.owns(invocation) === true ? this : new DuplicateStreamError(encodeId(invocation.message.request_id))
   }
 
   item (invocation: Invocation, json: string): void {
@@ -247,7 +248,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   /** `$request/cancel`: the request in flight with that id on this connection, if any. */
   cancel (requestId: RequestIdValue, by: Envelope): Promise<boolean> {
-    const target = this.requests.find(requestId, by)
+    const target = this.requests?.find(requestId, by)
     return target === undefined ? Promise.resolve(false) : this.rt.runner.cancel(target)
   }
 }

@@ -127,15 +127,17 @@ export interface FrameOwner {
 const kConnection = Symbol('fastify-drizzle.owner')
 type OwnedSocket = WebSocket & { [kConnection]: FrameOwner }
 
+// No 'error' listener: @fastify/websocket adds one to every socket, which calls its errorHandler (the
+// plugin's logs each error once, lib/plugin.ts). A second listener would only log it again, and would
+// turn the socket's single 'error' listener into an array (64 B per connection).
 export function listenTo (socket: WebSocket, owner: FrameOwner): void {
   (socket as OwnedSocket)[kConnection] = owner
   socket.on('message', onMessage)
   socket.on('pong', onPong)
-  socket.on('error', onError)
   socket.on('close', onClose)
 }
 
-/** After close: no more frames or pongs (the error listener stays, for errors during teardown). */
+/** After close: no more frames or pongs. */
 export function stopListening (socket: WebSocket): void {
   socket.removeListener('message', onMessage)
   socket.removeListener('pong', onPong)
@@ -153,11 +155,6 @@ function onMessage (this: WebSocket, raw: Buffer, isBinary: boolean): void {
 }
 
 function onPong (this: WebSocket): void { (this as OwnedSocket)[kConnection].ponged() }
-
-// Protocol violations are logged once, by the plugin's @fastify/websocket errorHandler.
-function onError (this: WebSocket, err: Error): void {
-  if (!isProtocolError(err)) (this as OwnedSocket)[kConnection].log.debug({ err }, 'websocket error')
-}
 
 function onClose (this: WebSocket, code: number): void { (this as OwnedSocket)[kConnection].handleClose(code) }
 

@@ -22,7 +22,6 @@ import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from '.
 export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
 
 export class Connection extends SocketIO implements Peer, Answer, FrameOwner, StreamWriter, Cancellable {
-  readonly topics = new Set<string>()
   readonly user: string | null
   /** Requests of this connection whose handler has not ended. */
   private inFlight = 0
@@ -37,6 +36,8 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
   private signals: Set<AbortController> | undefined
   /** Made on first read, like the id (lib/socket-io.ts). */
   private ownStore: DrizzleConnectionStore | undefined
+  /** See `topics`. */
+  private topicSet: Set<string> | undefined = undefined
   /** Requests in flight by id, for `$request/cancel` (lib/stream.ts); made by the first request. */
   private requests: RequestTable | undefined = undefined
 
@@ -48,11 +49,23 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   get store (): DrizzleConnectionStore { return (this.ownStore ??= Object.create(null)) }
 
+  /**
+   * Made on first read (a Set with one entry is ~150 B), with `__all__` in it: open() put the
+   * connection in `__all__` without it, and an idle connection never reads it.
+   */
+  get topics (): Set<string> {
+    if (this.topicSet === undefined) {
+      this.topicSet = new Set()
+      this.topicSet.add(ALL_TOPIC)
+    }
+    return this.topicSet
+  }
+
   /** Starts serving the socket: `__all__`, listeners, onConnect hooks. */
   open (): void {
     const rt = this.rt
     rt.connections.add(this)
-    rt.subscriptions.add(this, ALL_TOPIC)
+    rt.subscriptions.addToAll(this)
     // Actions without a traceparent of their own continue the upgrade request's trace.
     if (rt.tracing?.active === true) rt.tracing.captureUpgrade(this.request)
     rt.users.add(this)

@@ -8,7 +8,7 @@ import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecy
 import { encodeError, encodeId, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type RequestIdValue, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
-import { CLOSE, infoEnabled, kOwner, listenTo, onRawData, rawSocketOf, stopListening, type FrameOwner } from './socket.js'
+import { CLOSE, infoEnabled, listenTo, stopListening, type FrameOwner } from './socket.js'
 import { SocketIO } from './socket-io.js'
 import { ALL_TOPIC } from './topics.js'
 import { userOf } from './users.js'
@@ -70,11 +70,6 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
     if (rt.tracing?.active === true) rt.tracing.captureUpgrade(this.request)
     rt.users.add(this)
     listenTo(this.socket, this)
-    const raw = rawSocketOf(this.socket)
-    if (raw !== undefined) {
-      raw[kOwner] = this
-      raw.on('data', onRawData)
-    }
     if (rt.appHooks.onConnect.length > 0) runSafeHooks(rt.appHooks.onConnect, this.log, 'onConnect', this).catch(() => {})
   }
 

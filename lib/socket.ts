@@ -29,8 +29,11 @@ export function infoEnabled (log: FastifyBaseLogger): boolean {
   return log.level !== undefined || Object.keys(log).some(key => key !== 'child')
 }
 
-/** The owner of a TCP socket, for the listeners the transport adds (one function for all sockets, no closure each). */
-export const kOwner = Symbol('fastify-drizzle.connection')
+/**
+ * The owner of a TCP socket, for the listeners the transport adds (one function for all sockets, no
+ * closure each); only set if ws's own link to the WebSocket is not found (see wsLink).
+ */
+const kOwner = Symbol('fastify-drizzle.connection')
 
 /** What the transport asks of a raw socket's owner. */
 export interface SocketOwner {
@@ -50,6 +53,7 @@ export interface RawSocket {
   writableNeedDrain: boolean
   destroyed: boolean
   [kOwner]?: SocketOwner
+  [link: symbol]: unknown
 }
 
 /** The TCP socket under a WebSocket (absent under injectWS, and once ws has let it go). */
@@ -57,10 +61,29 @@ export function rawSocketOf (socket: WebSocket): RawSocket | undefined {
   return (socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
 }
 
-/** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
-export function onRawData (this: RawSocket): void { this[kOwner]?.measureIncomplete() }
+/**
+ * ws's link from a TCP socket to its WebSocket (ws 8 sets `socket[kWebSocket]`, and clears it when the
+ * TCP socket closes), found by its description on the first socket, null if absent. The TCP socket's
+ * listeners reach the Connection through it and the WebSocket: a property of ours on the TCP socket
+ * would grow its property array by 24 B per connection.
+ */
+let wsLink: symbol | null | undefined
 
-export function onRawDrain (this: RawSocket): void { this[kOwner]?.drained() }
+/** Lets the TCP socket's listeners find `owner`, the owner of `socket`, the WebSocket over `raw`. */
+function linkRaw (raw: RawSocket, socket: WebSocket, owner: SocketOwner): void {
+  wsLink ??= Object.getOwnPropertySymbols(raw).find(key => key.description === 'websocket' && raw[key] === socket) ?? null
+  if (wsLink === null) raw[kOwner] = owner
+}
+
+function ownerOfRaw (raw: RawSocket): SocketOwner | undefined {
+  if (wsLink == null) return raw[kOwner]
+  return (raw[wsLink] as OwnedSocket | undefined)?.[kConnection]
+}
+
+/** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
+function onRawData (this: RawSocket): void { ownerOfRaw(this)?.measureIncomplete() }
+
+export function onRawDrain (this: RawSocket): void { ownerOfRaw(this)?.drained() }
 
 /** ws's message parser; its fields say how much of an unfinished message it holds (ws 8). */
 interface Receiver { _bufferedBytes: number, _totalPayloadLength: number, _payloadLength: number, _state: number, _opcode: number }
@@ -125,16 +148,21 @@ export interface FrameOwner {
 }
 
 const kConnection = Symbol('fastify-drizzle.owner')
-type OwnedSocket = WebSocket & { [kConnection]: FrameOwner }
+type OwnedSocket = WebSocket & { [kConnection]: FrameOwner & SocketOwner }
 
 // No 'error' listener: @fastify/websocket adds one to every socket, which calls its errorHandler (the
 // plugin's logs each error once, lib/plugin.ts). A second listener would only log it again, and would
 // turn the socket's single 'error' listener into an array (64 B per connection).
-export function listenTo (socket: WebSocket, owner: FrameOwner): void {
+export function listenTo (socket: WebSocket, owner: FrameOwner & SocketOwner): void {
   (socket as OwnedSocket)[kConnection] = owner
   socket.on('message', onMessage)
   socket.on('pong', onPong)
   socket.on('close', onClose)
+  const raw = rawSocketOf(socket)
+  if (raw !== undefined) {
+    linkRaw(raw, socket, owner)
+    raw.on('data', onRawData)
+  }
 }
 
 /** After close: no more frames or pongs. */

@@ -46,7 +46,9 @@ export interface RawSocket {
   cork (): void
   uncork (): void
   pause (): void
-  on (event: 'data', listener: (this: RawSocket) => void): void
+  on (event: 'data', listener: (this: RawSocket, chunk: Buffer) => void): void
+  removeListener (event: 'data', listener: (this: RawSocket, chunk: Buffer) => void): void
+  rawListeners (event: 'data'): Function[]
   once (event: 'drain', listener: (this: RawSocket) => void): void
   writableLength: number
   /** Set when a write was refused for a full buffer: 'drain' will follow. */
@@ -82,6 +84,36 @@ function ownerOfRaw (raw: RawSocket): SocketOwner | undefined {
 
 /** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
 function onRawData (this: RawSocket): void { ownerOfRaw(this)?.measureIncomplete() }
+
+type DataListener = (this: RawSocket, chunk: Buffer) => void
+
+/**
+ * ws's 'data' listener (ws 8's socketOnData, which feeds its receiver), learnt from the first socket,
+ * null if not recognised. onRawData then runs in the same slot, after it: a second 'data' listener
+ * would make the TCP socket's listeners an array (64 B per connection) that EventEmitter copies on
+ * every chunk. `listener` names ws's function, as on a once() wrapper, so that ws's own
+ * removeListener('data', socketOnData) removes both.
+ */
+let wsOnData: DataListener | null | undefined
+const onRawDataAfterWs: DataListener & { listener?: DataListener } = function (chunk) {
+  (wsOnData as DataListener).call(this, chunk)
+  onRawData.call(this)
+}
+
+function listenToData (raw: RawSocket): void {
+  const listeners = raw.rawListeners('data')
+  if (wsOnData === undefined) {
+    const only = listeners.length === 1 ? listeners[0] : undefined
+    wsOnData = only?.name === 'socketOnData' ? only as DataListener : null
+    if (wsOnData !== null) onRawDataAfterWs.listener = wsOnData
+  }
+  if (wsOnData !== null && listeners.length === 1 && listeners[0] === wsOnData) {
+    raw.removeListener('data', wsOnData)
+    raw.on('data', onRawDataAfterWs)
+  } else {
+    raw.on('data', onRawData)
+  }
+}
 
 export function onRawDrain (this: RawSocket): void { ownerOfRaw(this)?.drained() }
 
@@ -161,7 +193,7 @@ export function listenTo (socket: WebSocket, owner: FrameOwner & SocketOwner): v
   const raw = rawSocketOf(socket)
   if (raw !== undefined) {
     linkRaw(raw, socket, owner)
-    raw.on('data', onRawData)
+    listenToData(raw)
   }
 }
 

@@ -9,7 +9,7 @@ import { encodeError, encodeId, encodePublication, encodeReply, FrameError, pars
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
 import { CLOSE, infoEnabled, listenTo, stopListening, type FrameOwner } from './socket.js'
-import { SocketIO } from './socket-io.js'
+import { SocketIO, SUBCLASS_FLAG } from './socket-io.js'
 import { ALL_TOPIC } from './topics.js'
 import { userOf } from './users.js'
 import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from './stream.js'
@@ -21,6 +21,11 @@ import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from '.
 
 export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
 
+// Bits of SocketIO.flags (one field for a connection's booleans).
+/** Set by the heartbeat; cleared by each pong. */
+const AWAITING_PONG = SUBCLASS_FLAG
+const LOGS_ACTIONS = SUBCLASS_FLAG << 1
+
 export class Connection extends SocketIO implements Peer, Answer, FrameOwner, StreamWriter, Cancellable {
   readonly user: string | null
   /** Requests of this connection whose handler has not ended. */
@@ -28,10 +33,6 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
   /** Rate-limit window: when it started and how many frames it has seen. */
   private windowStart = 0
   private windowCount = 0
-  /** Set by the heartbeat; cleared by each pong. */
-  private awaitingPong = false
-  /** Whether this connection's "action completed" lines would be printed: if not, none is built. */
-  private readonly logsActions: boolean
   /** Signals of actions in flight that handlers asked for (ctx.signal), aborted on close. */
   private signals: Set<AbortController> | undefined
   /** Made on first read, like the id (lib/socket-io.ts). */
@@ -44,8 +45,11 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
   constructor (socket: WebSocket, readonly request: FastifyRequest, rt: Runtime) {
     super(socket, rt, request.log)
     this.user = userOf(request)
-    this.logsActions = !rt.options.disableActionLogging && infoEnabled(this.log)
+    if (!rt.options.disableActionLogging && infoEnabled(this.log)) this.flags |= LOGS_ACTIONS
   }
+
+  /** Whether this connection's "action completed" lines would be printed: if not, none is built. */
+  private get logsActions (): boolean { return (this.flags & LOGS_ACTIONS) !== 0 }
 
   get store (): DrizzleConnectionStore { return (this.ownStore ??= Object.create(null)) }
 
@@ -76,7 +80,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
   // ---- inbound ------------------------------------------------------------------------------
 
   /** The heartbeat's answer arrived. */
-  ponged (): void { this.awaitingPong = false }
+  ponged (): void { this.flags &= ~AWAITING_PONG }
 
   /** Entry point of a frame; never throws (the socket listener relies on it). */
   handleFrame (raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
@@ -165,12 +169,12 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
    * otherwise it is pinged. Returns false when it was terminated.
    */
   checkHeartbeat (): boolean {
-    if (this.awaitingPong) {
+    if ((this.flags & AWAITING_PONG) !== 0) {
       this.log.info({ connection: this.id }, 'connection missed its heartbeat; terminating')
       this.socket.terminate()
       return false
     }
-    this.awaitingPong = true
+    this.flags |= AWAITING_PONG
     try { this.socket.ping() } catch { /* socket already closing: the close event cleans up */ }
     return true
   }

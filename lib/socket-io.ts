@@ -13,16 +13,21 @@ import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onR
 /** A Buffer holding UTF-8 JSON still goes out as a text frame. */
 const TEXT_FRAME = { binary: false }
 
+// A socket's booleans are bits of one field: a boolean field costs 8 B in every connection.
+const CLOSED = 1
+const WATCHING_DRAIN = 2
+/** Set by each complete message, cleared by measureIncomplete(). */
+const COMPLETED_MESSAGE = 4
+/** The bits from this one up are the subclass's (lib/connection.ts). */
+export const SUBCLASS_FLAG = 8
+
 export abstract class SocketIO implements SocketOwner {
-  /** Set by each complete message, cleared by measureIncomplete(). */
-  completedMessage = false
-  protected isClosed = false
+  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, and the subclass's bits from SUBCLASS_FLAG. */
+  protected flags = 0
   /** The TCP socket under the WebSocket while it is corked by write(). */
   private corkedSocket: RawSocket | undefined
   /** This socket's share of rt.totals.buffered: its bufferedAmount when last measured, if >= BACKLOG. */
   private backlog = 0
-  /** Whether a 'drain' listener waits to correct `backlog`. */
-  private watchingDrain = false
   /** This socket's share of rt.totals.incomplete: bytes of unfinished messages ws holds for it. */
   private incomplete = 0
   /** When the unfinished message began: when unfinished data appeared after a complete message. */
@@ -37,12 +42,16 @@ export abstract class SocketIO implements SocketOwner {
 
   get closed (): boolean { return this.isClosed }
 
+  protected get isClosed (): boolean { return (this.flags & CLOSED) !== 0 }
+
+  messageCompleted (): void { this.flags |= COMPLETED_MESSAGE }
+
   /** Unique across processes (a UUID). */
   get id (): string { return (this.uuid ??= flatUuid()) }
 
   /** At close: this socket's shares of the totals go back, and paused streams see it gone. */
   protected released (): void {
-    this.isClosed = true
+    this.flags |= CLOSED
     this.rt.totals.buffered -= this.backlog
     this.rt.totals.incomplete -= this.incomplete
     this.backlog = this.incomplete = 0
@@ -62,8 +71,8 @@ export abstract class SocketIO implements SocketOwner {
     // starts a new one: the bytes held shrink too when ws consumes a frame header, so a peer
     // trickling empty fragments would otherwise restart the clock forever, and they may keep
     // growing across chunks of a steady stream whose messages all complete.
-    if (held > 0 && (before === 0 || this.completedMessage)) this.incompleteSince = performance.now()
-    this.completedMessage = false
+    if (held > 0 && (before === 0 || (this.flags & COMPLETED_MESSAGE) !== 0)) this.incompleteSince = performance.now()
+    this.flags &= ~COMPLETED_MESSAGE
     if (held === before) return
     const totals = this.rt.totals
     totals.incomplete += held - before
@@ -130,8 +139,8 @@ export abstract class SocketIO implements SocketOwner {
     if (counted !== before) {
       this.rt.totals.buffered += counted - before
       this.backlog = counted
-      if (counted > 0 && !this.watchingDrain) {
-        this.watchingDrain = true
+      if (counted > 0 && (this.flags & WATCHING_DRAIN) === 0) {
+        this.flags |= WATCHING_DRAIN
         rawSocketOf(this.socket)?.once('drain', onRawDrain)
       }
     }
@@ -146,7 +155,7 @@ export abstract class SocketIO implements SocketOwner {
 
   /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */
   drained (): void {
-    this.watchingDrain = false
+    this.flags &= ~WATCHING_DRAIN
     this.measureBacklog()
     this.wakeWriters()
   }
@@ -172,8 +181,8 @@ export abstract class SocketIO implements SocketOwner {
       return
     }
     (this.drainWaiters ??= []).push(wake)
-    if (!this.watchingDrain) {
-      this.watchingDrain = true
+    if ((this.flags & WATCHING_DRAIN) === 0) {
+      this.flags |= WATCHING_DRAIN
       raw.once('drain', onRawDrain)
     }
   }
@@ -242,6 +251,6 @@ export abstract class SocketIO implements SocketOwner {
     if (this.isClosed) return
     this.log.warn({ connection: this.id, ...fields }, why)
     this.close(code, reason)
-    this.isClosed = true
+    this.flags |= CLOSED
   }
 }

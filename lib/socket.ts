@@ -172,8 +172,8 @@ export function corkForTurn (raw: RawSocket, owner: SocketOwner): void {
 /** What the listeners call: the Connection that owns the ws socket. */
 export interface FrameOwner {
   readonly log: FastifyBaseLogger
-  /** Set by each complete message (the unfinished-message clock, Connection.measureIncomplete). */
-  completedMessage: boolean
+  /** Called for each complete message (the unfinished-message clock, SocketIO.measureIncomplete). */
+  messageCompleted (): void
   handleFrame (raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void
   ponged (): void
   handleClose (code: number): void
@@ -206,7 +206,7 @@ export function stopListening (socket: WebSocket): void {
 
 function onMessage (this: WebSocket, raw: Buffer, isBinary: boolean): void {
   const conn = (this as OwnedSocket)[kConnection]
-  conn.completedMessage = true
+  conn.messageCompleted()
   try {
     conn.handleFrame(raw, isBinary)
   } catch (err) {

@@ -46,9 +46,7 @@ export interface RawSocket {
   cork (): void
   uncork (): void
   pause (): void
-  on (event: 'data', listener: (this: RawSocket, chunk: Buffer) => void): void
-  removeListener (event: 'data', listener: (this: RawSocket, chunk: Buffer) => void): void
-  rawListeners (event: 'data'): Function[]
+  on (event: 'data', listener: (this: RawSocket) => void): void
   once (event: 'drain', listener: (this: RawSocket) => void): void
   writableLength: number
   /** Set when a write was refused for a full buffer: 'drain' will follow. */
@@ -64,17 +62,17 @@ export function rawSocketOf (socket: WebSocket): RawSocket | undefined {
 }
 
 /**
- * ws's link from a TCP socket to its WebSocket (ws 8 sets `socket[kWebSocket]`, and clears it when the
- * TCP socket closes), found by its description on the first socket, null if absent. The TCP socket's
- * listeners reach the Connection through it and the WebSocket: a property of ours on the TCP socket
- * would grow its property array by 24 B per connection.
+ * ws's link from its receiver and TCP socket to their WebSocket (ws 8 sets `[kWebSocket]` on both, and
+ * clears the TCP socket's when it closes), found by its description on the first socket, null if
+ * absent. Listeners on them reach the Connection through it and the WebSocket: a property of ours on
+ * the TCP socket would grow its property array by 24 B per connection.
  */
 let wsLink: symbol | null | undefined
 
-/** Lets the TCP socket's listeners find `owner`, the owner of `socket`, the WebSocket over `raw`. */
-function linkRaw (raw: RawSocket, socket: WebSocket, owner: SocketOwner): void {
-  wsLink ??= Object.getOwnPropertySymbols(raw).find(key => key.description === 'websocket' && raw[key] === socket) ?? null
-  if (wsLink === null) raw[kOwner] = owner
+function findLink (socket: WebSocket): symbol | null {
+  const receiver = (socket as unknown as { _receiver?: Record<symbol, unknown> | null })._receiver
+  if (receiver == null) return null
+  return Object.getOwnPropertySymbols(receiver).find(key => key.description === 'websocket' && receiver[key] === socket) ?? null
 }
 
 function ownerOfRaw (raw: RawSocket): SocketOwner | undefined {
@@ -85,35 +83,49 @@ function ownerOfRaw (raw: RawSocket): SocketOwner | undefined {
 /** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
 function onRawData (this: RawSocket): void { ownerOfRaw(this)?.measureIncomplete() }
 
-type DataListener = (this: RawSocket, chunk: Buffer) => void
+/** After ws's receiver has emitted a pong on the WebSocket. */
+function onReceiverPong (this: Record<symbol, unknown>): void {
+  ((this[wsLink as symbol] as OwnedSocket | undefined)?.[kConnection])?.ponged()
+}
+
+interface Emitter {
+  rawListeners (event: string): Function[]
+  removeListener (event: string, listener: (...args: any[]) => void): unknown
+  on (event: string, listener: (...args: any[]) => void): unknown
+}
+
+type Listener = (this: unknown, arg: unknown) => void
 
 /**
- * ws's 'data' listener (ws 8's socketOnData, which feeds its receiver), learnt from the first socket,
- * null if not recognised. onRawData then runs in the same slot, after it: a second 'data' listener
- * would make the TCP socket's listeners an array (64 B per connection) that EventEmitter copies on
- * every chunk. `listener` names ws's function, as on a once() wrapper, so that ws's own
- * removeListener('data', socketOnData) removes both.
+ * Runs `after` in the slot of ws's own listener for an event (the function named `name`), right after
+ * it, instead of as a listener of its own: a second listener would make the emitter's listeners for
+ * that event an array (64 B per connection, which EventEmitter copies on every emit), or add a key to
+ * its table of events (which grows it by 96 B). The wrapper's `listener` names ws's function, as on a
+ * once() wrapper, so ws's own removeListener removes both. ws's function is learnt from the first
+ * emitter; the returned function answers false where it is not found, and the caller listens itself.
  */
-let wsOnData: DataListener | null | undefined
-const onRawDataAfterWs: DataListener & { listener?: DataListener } = function (chunk) {
-  (wsOnData as DataListener).call(this, chunk)
-  onRawData.call(this)
+function afterWs (name: string, after: (this: any) => void): (emitter: Emitter, event: string) => boolean {
+  let original: Listener | null | undefined
+  const wrapper: Listener & { listener?: Listener } = function (arg) {
+    (original as Listener).call(this, arg)
+    after.call(this)
+  }
+  return (emitter, event) => {
+    const listeners = emitter.rawListeners(event)
+    if (original === undefined) {
+      const only = listeners.length === 1 ? listeners[0] : undefined
+      original = only?.name === name ? only as Listener : null
+      if (original !== null) wrapper.listener = original
+    }
+    if (original === null || listeners.length !== 1 || listeners[0] !== original) return false
+    emitter.removeListener(event, original)
+    emitter.on(event, wrapper)
+    return true
+  }
 }
 
-function listenToData (raw: RawSocket): void {
-  const listeners = raw.rawListeners('data')
-  if (wsOnData === undefined) {
-    const only = listeners.length === 1 ? listeners[0] : undefined
-    wsOnData = only?.name === 'socketOnData' ? only as DataListener : null
-    if (wsOnData !== null) onRawDataAfterWs.listener = wsOnData
-  }
-  if (wsOnData !== null && listeners.length === 1 && listeners[0] === wsOnData) {
-    raw.removeListener('data', wsOnData)
-    raw.on('data', onRawDataAfterWs)
-  } else {
-    raw.on('data', onRawData)
-  }
-}
+const afterWsData = afterWs('socketOnData', onRawData)
+const afterWsPong = afterWs('receiverOnPong', onReceiverPong)
 
 export function onRawDrain (this: RawSocket): void { ownerOfRaw(this)?.drained() }
 
@@ -188,16 +200,20 @@ type OwnedSocket = WebSocket & { [kConnection]: FrameOwner & SocketOwner }
 export function listenTo (socket: WebSocket, owner: FrameOwner & SocketOwner): void {
   (socket as OwnedSocket)[kConnection] = owner
   socket.on('message', onMessage)
-  socket.on('pong', onPong)
   socket.on('close', onClose)
+  wsLink ??= findLink(socket)
+  const receiver = (socket as unknown as { _receiver?: Emitter | null })._receiver
+  // A 'pong' listener on the WebSocket would be a fourth key in its table of events (with 'message',
+  // 'close', and @fastify/websocket's 'error'): that grows the table by 96 B per connection.
+  if (wsLink === null || receiver == null || !afterWsPong(receiver, 'pong')) socket.on('pong', onPong)
   const raw = rawSocketOf(socket)
   if (raw !== undefined) {
-    linkRaw(raw, socket, owner)
-    listenToData(raw)
+    if (wsLink === null) raw[kOwner] = owner
+    if (!afterWsData(raw as unknown as Emitter, 'data')) raw.on('data', onRawData)
   }
 }
 
-/** After close: no more frames or pongs. */
+/** After close: no more frames or pongs (a pong the receiver still reads finds a closed connection). */
 export function stopListening (socket: WebSocket): void {
   socket.removeListener('message', onMessage)
   socket.removeListener('pong', onPong)

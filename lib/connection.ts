@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { ActionContext, controllerOf, type DrizzleConnectionStore } from './context.js'
 import { ConnectionClosedError, DuplicateStreamError, ShuttingDownError, TooManyRequestsError } from './errors.js'
@@ -27,29 +27,31 @@ const AWAITING_PONG = SUBCLASS_FLAG
 const LOGS_ACTIONS = SUBCLASS_FLAG << 1
 
 export class Connection extends SocketIO implements Peer, Answer, FrameOwner, StreamWriter, Cancellable {
-  readonly user: string | null
-  /** Requests of this connection whose handler has not ended. */
-  private inFlight = 0
   /** Rate-limit window: when it started and how many frames it has seen. */
   private windowStart = 0
   private windowCount = 0
-  /** Signals of actions in flight that handlers asked for (ctx.signal), aborted on close. */
-  private signals: Set<AbortController> | undefined
   /** Made on first read, like the id (lib/socket-io.ts). */
   private ownStore: DrizzleConnectionStore | undefined
   /** See `topics`. */
   private topicSet: Set<string> | undefined = undefined
-  /** Requests in flight by id, for `$request/cancel` (lib/stream.ts); made by the first request. */
+  /**
+   * Requests in flight: their count, their ids (for `$request/cancel`, lib/stream.ts) and the signals
+   * handlers asked for; made by the first request.
+   */
   private requests: RequestTable | undefined = undefined
 
   constructor (socket: WebSocket, readonly request: FastifyRequest, rt: Runtime) {
-    super(socket, rt, request.log)
-    this.user = userOf(request)
+    super(socket, rt)
     if (!rt.options.disableActionLogging && infoEnabled(this.log)) this.flags |= LOGS_ACTIONS
   }
 
   /** Whether this connection's "action completed" lines would be printed: if not, none is built. */
   private get logsActions (): boolean { return (this.flags & LOGS_ACTIONS) !== 0 }
+
+  // Read through the request rather than kept: a field is 8 B in every connection.
+  get log (): FastifyBaseLogger { return this.request.log }
+
+  get user (): string | null { return userOf(this.request) }
 
   get store (): DrizzleConnectionStore { return (this.ownStore ??= Object.create(null)) }
 
@@ -113,7 +115,6 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   private run (action: CompiledAction, message: Envelope): void {
     const ctx = new ActionContext(this.rt, this, action.resource, action.action, message.request_id, action.scope)
-    this.inFlight++
     const invocation = new Invocation(action, message, ctx, this)
     this.requests ??= new RequestTable()
     this.requests.add(invocation)
@@ -148,7 +149,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
       return new TooManyRequestsError(`Rate limit of ${rate.max} requests per ${rate.timeWindow} ms exceeded`)
     }
     const maxInFlight = this.rt.options.maxInFlight
-    if (this.inFlight >= maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${maxInFlight})`)
+    if (this.requests !== undefined && this.requests.size >= maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${maxInFlight})`)
     const maxTotal = this.rt.options.maxInFlightTotal
     if (this.rt.runner.inFlight >= maxTotal) return new TooManyRequestsError(`Too many requests in flight on the server (limit ${maxTotal})`)
     return undefined
@@ -189,10 +190,11 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
     rt.presence.closed(this)
     stopListening(this.socket)
     this.log.debug({ connection: this.id, code }, 'connection closed')
-    if (this.signals !== undefined) {
+    const signals = this.requests?.signals
+    if (signals !== undefined) {
+      (this.requests as RequestTable).signals = undefined
       const reason = new ConnectionClosedError()
-      for (const controller of this.signals) controller.abort(reason)
-      this.signals = undefined
+      for (const controller of signals) controller.abort(reason)
     }
     if (rt.appHooks.onUnsubscribe.length > 0) {
       for (const topic of topics) runSafeHooks(rt.appHooks.onUnsubscribe, this.log, 'onUnsubscribe', this, topic).catch(() => {})
@@ -216,11 +218,13 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   /** The handler has ended (Answer): its in-flight slot is free. */
   ended (invocation: Invocation): void {
-    this.inFlight--
-    this.requests?.delete(invocation)
-    if (this.signals !== undefined && this.signals.size > 0) {
+    const requests = this.requests
+    if (requests === undefined) return
+    requests.delete(invocation)
+    const signals = requests.signals
+    if (signals !== undefined && signals.size > 0) {
       const controller = controllerOf(invocation.ctx)
-      if (controller !== undefined) this.signals.delete(controller)
+      if (controller !== undefined) signals.delete(controller)
     }
   }
 
@@ -229,8 +233,9 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
       controller.abort(new ConnectionClosedError())
       return
     }
-    this.signals ??= new Set()
-    this.signals.add(controller)
+    this.requests ??= new RequestTable()
+    this.requests.signals ??= new Set()
+    this.requests.signals.add(controller)
   }
 
   /** The "action completed" line, then onResponse hooks (whose errors are only logged). */

@@ -38,7 +38,9 @@ export abstract class SocketIO implements SocketOwner {
   // benchmark's memory scenario), and most connections never read it.
   private uuid: string | undefined
 
-  constructor (readonly socket: WebSocket, protected readonly rt: Runtime, readonly log: FastifyBaseLogger) {}
+  constructor (readonly socket: WebSocket, protected readonly rt: Runtime) {}
+
+  abstract get log (): FastifyBaseLogger
 
   get closed (): boolean { return this.isClosed }
 

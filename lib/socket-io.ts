@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onRawDrain, rawSocketOf, type SocketOwner } from './socket.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onRawDrain, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 
 // The bytes of one WebSocket, in and out: write coalescing, both backpressure rules (publications at
 // maxBufferedBytes, replies at twice that), this socket's shares of the server-wide totals (bytes
@@ -18,10 +18,8 @@ const CLOSED = 1
 const WATCHING_DRAIN = 2
 /** Set by each complete message, cleared by measureIncomplete(). */
 const COMPLETED_MESSAGE = 4
-/** The TCP socket is corked by write() until uncork(). */
-const CORKED = 8
 /** The bits from this one up are the subclass's (lib/connection.ts). */
-export const SUBCLASS_FLAG = 16
+export const SUBCLASS_FLAG = 8
 
 /**
  * What a socket holds only while strained: a backlog, unfinished incoming messages, streams waiting for
@@ -39,8 +37,10 @@ class Strain {
 }
 
 export abstract class SocketIO implements SocketOwner {
-  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, CORKED, and the subclass's bits from SUBCLASS_FLAG. */
+  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, and the subclass's bits from SUBCLASS_FLAG. */
   protected flags = 0
+  /** The TCP socket under the WebSocket while it is corked by write(). */
+  private corkedSocket: RawSocket | undefined
   private strain: Strain | undefined = undefined
   // Made on first read: an idle connection should cost no more heap than a bare ws socket (the
   // benchmark's memory scenario), and most connections never read it.
@@ -225,10 +225,13 @@ export abstract class SocketIO implements SocketOwner {
   /** Writes a frame if the socket is still open; a closed socket is never written to. */
   protected write (frame: string | Buffer): boolean {
     if (this.isClosed || this.socket.readyState !== OPEN) return false
-    const raw = rawSocketOf(this.socket)
-    if ((this.flags & CORKED) === 0 && raw !== undefined && !raw.destroyed) {
-      corkForTurn(raw, this)
-      this.flags |= CORKED
+    let raw = this.corkedSocket
+    if (raw === undefined) {
+      raw = rawSocketOf(this.socket)
+      if (raw !== undefined && !raw.destroyed) {
+        corkForTurn(raw, this)
+        this.corkedSocket = raw
+      }
     }
     if (typeof frame === 'string') this.socket.send(frame)
     else this.socket.send(frame, TEXT_FRAME)
@@ -239,10 +242,10 @@ export abstract class SocketIO implements SocketOwner {
 
   /** Flushes what write() corked (once per turn, or early at CORK_LIMIT bytes). */
   uncork (): void {
-    if ((this.flags & CORKED) === 0) return
-    this.flags &= ~CORKED
-    // The socket write() corked: ws sets a WebSocket's TCP socket once.
-    rawSocketOf(this.socket)?.uncork()
+    const raw = this.corkedSocket
+    if (raw === undefined) return
+    this.corkedSocket = undefined
+    raw.uncork()
   }
 
   close (code = 1000, reason?: string): void {

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { ActionContext, controllerOf, type DrizzleConnectionStore } from './context.js'
 import { ConnectionClosedError, DuplicateStreamError, ShuttingDownError, TooManyRequestsError } from './errors.js'
@@ -8,8 +8,8 @@ import { Invocation, runResponseHooks, toWireError, type Answer } from './lifecy
 import { encodeError, encodeId, encodePublication, encodeReply, FrameError, parseFrame, type Envelope, type RequestIdValue, type WireError } from './protocol.js'
 import type { CompiledAction } from './resources.js'
 import type { Peer, Runtime } from './runtime.js'
-import { CLOSE, infoEnabled, kOwner, listenTo, onRawData, rawSocketOf, stopListening, type FrameOwner } from './socket.js'
-import { SocketIO } from './socket-io.js'
+import { CLOSE, infoEnabled, listenTo, stopListening, type FrameOwner } from './socket.js'
+import { SocketIO, SUBCLASS_FLAG } from './socket-io.js'
 import { ALL_TOPIC } from './topics.js'
 import { userOf } from './users.js'
 import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from './stream.js'
@@ -21,54 +21,68 @@ import { encodeItem, RequestTable, type Cancellable, type StreamWriter } from '.
 
 export type { DrizzleConnection, DrizzleConnectionStore } from './context.js'
 
+// Bits of SocketIO.flags (one field for a connection's booleans).
+/** Set by the heartbeat; cleared by each pong. */
+const AWAITING_PONG = SUBCLASS_FLAG
+const LOGS_ACTIONS = SUBCLASS_FLAG << 1
+
 export class Connection extends SocketIO implements Peer, Answer, FrameOwner, StreamWriter, Cancellable {
-  readonly topics = new Set<string>()
-  readonly user: string | null
-  /** Requests of this connection whose handler has not ended. */
-  private inFlight = 0
   /** Rate-limit window: when it started and how many frames it has seen. */
   private windowStart = 0
   private windowCount = 0
-  /** Set by the heartbeat; cleared by each pong. */
-  private awaitingPong = false
-  /** Whether this connection's "action completed" lines would be printed: if not, none is built. */
-  private readonly logsActions: boolean
-  /** Signals of actions in flight that handlers asked for (ctx.signal), aborted on close. */
-  private signals: Set<AbortController> | undefined
   /** Made on first read, like the id (lib/socket-io.ts). */
   private ownStore: DrizzleConnectionStore | undefined
-  /** Requests in flight by id, for `$request/cancel` (lib/stream.ts). */
-  private readonly requests = new RequestTable()
+  /** See `topics`. */
+  private topicSet: Set<string> | undefined = undefined
+  /**
+   * Requests in flight: their count, their ids (for `$request/cancel`, lib/stream.ts) and the signals
+   * handlers asked for; made by the first request.
+   */
+  private requests: RequestTable | undefined = undefined
 
   constructor (socket: WebSocket, readonly request: FastifyRequest, rt: Runtime) {
-    super(socket, rt, request.log)
-    this.user = userOf(request)
-    this.logsActions = !rt.options.disableActionLogging && infoEnabled(this.log)
+    super(socket, rt)
+    if (!rt.options.disableActionLogging && infoEnabled(this.log)) this.flags |= LOGS_ACTIONS
   }
 
+  /** Whether this connection's "action completed" lines would be printed: if not, none is built. */
+  private get logsActions (): boolean { return (this.flags & LOGS_ACTIONS) !== 0 }
+
+  // Read through the request rather than kept: a field is 8 B in every connection.
+  get log (): FastifyBaseLogger { return this.request.log }
+
+  get user (): string | null { return userOf(this.request) }
+
   get store (): DrizzleConnectionStore { return (this.ownStore ??= Object.create(null)) }
+
+  /**
+   * Made on first read (a Set with one entry is ~150 B), with `__all__` in it: open() put the
+   * connection in `__all__` without it, and an idle connection never reads it.
+   */
+  get topics (): Set<string> {
+    if (this.topicSet === undefined) {
+      this.topicSet = new Set()
+      this.topicSet.add(ALL_TOPIC)
+    }
+    return this.topicSet
+  }
 
   /** Starts serving the socket: `__all__`, listeners, onConnect hooks. */
   open (): void {
     const rt = this.rt
     rt.connections.add(this)
-    rt.subscriptions.add(this, ALL_TOPIC)
+    rt.subscriptions.addToAll(this)
     // Actions without a traceparent of their own continue the upgrade request's trace.
     if (rt.tracing?.active === true) rt.tracing.captureUpgrade(this.request)
     rt.users.add(this)
     listenTo(this.socket, this)
-    const raw = rawSocketOf(this.socket)
-    if (raw !== undefined) {
-      raw[kOwner] = this
-      raw.on('data', onRawData)
-    }
     if (rt.appHooks.onConnect.length > 0) runSafeHooks(rt.appHooks.onConnect, this.log, 'onConnect', this).catch(() => {})
   }
 
   // ---- inbound ------------------------------------------------------------------------------
 
   /** The heartbeat's answer arrived. */
-  ponged (): void { this.awaitingPong = false }
+  ponged (): void { this.flags &= ~AWAITING_PONG }
 
   /** Entry point of a frame; never throws (the socket listener relies on it). */
   handleFrame (raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
@@ -101,8 +115,8 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   private run (action: CompiledAction, message: Envelope): void {
     const ctx = new ActionContext(this.rt, this, action.resource, action.action, message.request_id, action.scope)
-    this.inFlight++
     const invocation = new Invocation(action, message, ctx, this)
+    this.requests ??= new RequestTable()
     this.requests.add(invocation)
     // run() never rejects: failures are answered or logged there.
     this.rt.runner.run(invocation)
@@ -135,7 +149,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
       return new TooManyRequestsError(`Rate limit of ${rate.max} requests per ${rate.timeWindow} ms exceeded`)
     }
     const maxInFlight = this.rt.options.maxInFlight
-    if (this.inFlight >= maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${maxInFlight})`)
+    if (this.requests !== undefined && this.requests.size >= maxInFlight) return new TooManyRequestsError(`Too many requests in flight (limit ${maxInFlight})`)
     const maxTotal = this.rt.options.maxInFlightTotal
     if (this.rt.runner.inFlight >= maxTotal) return new TooManyRequestsError(`Too many requests in flight on the server (limit ${maxTotal})`)
     return undefined
@@ -156,12 +170,12 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
    * otherwise it is pinged. Returns false when it was terminated.
    */
   checkHeartbeat (): boolean {
-    if (this.awaitingPong) {
+    if ((this.flags & AWAITING_PONG) !== 0) {
       this.log.info({ connection: this.id }, 'connection missed its heartbeat; terminating')
       this.socket.terminate()
       return false
     }
-    this.awaitingPong = true
+    this.flags |= AWAITING_PONG
     try { this.socket.ping() } catch { /* socket already closing: the close event cleans up */ }
     return true
   }
@@ -176,10 +190,11 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
     rt.presence.closed(this)
     stopListening(this.socket)
     this.log.debug({ connection: this.id, code }, 'connection closed')
-    if (this.signals !== undefined) {
+    const signals = this.requests?.signals
+    if (signals !== undefined) {
+      (this.requests as RequestTable).signals = undefined
       const reason = new ConnectionClosedError()
-      for (const controller of this.signals) controller.abort(reason)
-      this.signals = undefined
+      for (const controller of signals) controller.abort(reason)
     }
     if (rt.appHooks.onUnsubscribe.length > 0) {
       for (const topic of topics) runSafeHooks(rt.appHooks.onUnsubscribe, this.log, 'onUnsubscribe', this, topic).catch(() => {})
@@ -203,11 +218,13 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   /** The handler has ended (Answer): its in-flight slot is free. */
   ended (invocation: Invocation): void {
-    this.inFlight--
-    this.requests.delete(invocation)
-    if (this.signals !== undefined && this.signals.size > 0) {
+    const requests = this.requests
+    if (requests === undefined) return
+    requests.delete(invocation)
+    const signals = requests.signals
+    if (signals !== undefined && signals.size > 0) {
       const controller = controllerOf(invocation.ctx)
-      if (controller !== undefined) this.signals.delete(controller)
+      if (controller !== undefined) signals.delete(controller)
     }
   }
 
@@ -216,8 +233,9 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
       controller.abort(new ConnectionClosedError())
       return
     }
-    this.signals ??= new Set()
-    this.signals.add(controller)
+    this.requests ??= new RequestTable()
+    this.requests.signals ??= new Set()
+    this.requests.signals.add(controller)
   }
 
   /** The "action completed" line, then onResponse hooks (whose errors are only logged). */
@@ -234,7 +252,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   /** Answer: a stream's items come back here; a stream reusing an id in flight is refused. */
   streamWriter (invocation: Invocation): StreamWriter | Error {
-    return this.requests.owns(invocation) ? this : new DuplicateStreamError(encodeId(invocation.message.request_id))
+    return this.requests?.owns(invocation) === true ? this : new DuplicateStreamError(encodeId(invocation.message.request_id))
   }
 
   item (invocation: Invocation, json: string): void {
@@ -247,7 +265,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
 
   /** `$request/cancel`: the request in flight with that id on this connection, if any. */
   cancel (requestId: RequestIdValue, by: Envelope): Promise<boolean> {
-    const target = this.requests.find(requestId, by)
+    const target = this.requests?.find(requestId, by)
     return target === undefined ? Promise.resolve(false) : this.rt.runner.cancel(target)
   }
 }

@@ -13,39 +13,61 @@ import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onR
 /** A Buffer holding UTF-8 JSON still goes out as a text frame. */
 const TEXT_FRAME = { binary: false }
 
+// A socket's booleans are bits of one field: a boolean field costs 8 B in every connection.
+const CLOSED = 1
+const WATCHING_DRAIN = 2
+/** Set by each complete message, cleared by measureIncomplete(). */
+const COMPLETED_MESSAGE = 4
+/** The bits from this one up are the subclass's (lib/connection.ts). */
+export const SUBCLASS_FLAG = 8
+
+/**
+ * What a socket holds only while strained: a backlog, unfinished incoming messages, streams waiting for
+ * it to drain. Made the first time one appears, so an idle socket does not carry these fields.
+ */
+class Strain {
+  /** This socket's share of rt.totals.buffered: its bufferedAmount when last measured, if >= BACKLOG. */
+  backlog = 0
+  /** This socket's share of rt.totals.incomplete: bytes of unfinished messages ws holds for it. */
+  incomplete = 0
+  /** When the unfinished message began: when unfinished data appeared after a complete message. */
+  incompleteSince = 0
+  /** Streams paused until this socket drains (lib/stream.ts). */
+  drainWaiters: Array<() => void> | undefined = undefined
+}
+
 export abstract class SocketIO implements SocketOwner {
-  /** Set by each complete message, cleared by measureIncomplete(). */
-  completedMessage = false
-  protected isClosed = false
+  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, and the subclass's bits from SUBCLASS_FLAG. */
+  protected flags = 0
   /** The TCP socket under the WebSocket while it is corked by write(). */
   private corkedSocket: RawSocket | undefined
-  /** This socket's share of rt.totals.buffered: its bufferedAmount when last measured, if >= BACKLOG. */
-  private backlog = 0
-  /** Whether a 'drain' listener waits to correct `backlog`. */
-  private watchingDrain = false
-  /** This socket's share of rt.totals.incomplete: bytes of unfinished messages ws holds for it. */
-  private incomplete = 0
-  /** When the unfinished message began: when unfinished data appeared after a complete message. */
-  private incompleteSince = 0
-  /** Streams paused until this socket drains (lib/stream.ts). */
-  private drainWaiters: Array<() => void> | undefined
+  private strain: Strain | undefined = undefined
   // Made on first read: an idle connection should cost no more heap than a bare ws socket (the
   // benchmark's memory scenario), and most connections never read it.
   private uuid: string | undefined
 
-  constructor (readonly socket: WebSocket, protected readonly rt: Runtime, readonly log: FastifyBaseLogger) {}
+  constructor (readonly socket: WebSocket, protected readonly rt: Runtime) {}
+
+  abstract get log (): FastifyBaseLogger
 
   get closed (): boolean { return this.isClosed }
+
+  protected get isClosed (): boolean { return (this.flags & CLOSED) !== 0 }
+
+  messageCompleted (): void { this.flags |= COMPLETED_MESSAGE }
 
   /** Unique across processes (a UUID). */
   get id (): string { return (this.uuid ??= flatUuid()) }
 
   /** At close: this socket's shares of the totals go back, and paused streams see it gone. */
   protected released (): void {
-    this.isClosed = true
-    this.rt.totals.buffered -= this.backlog
-    this.rt.totals.incomplete -= this.incomplete
-    this.backlog = this.incomplete = 0
+    this.flags |= CLOSED
+    const strain = this.strain
+    if (strain !== undefined) {
+      this.rt.totals.buffered -= strain.backlog
+      this.rt.totals.incomplete -= strain.incomplete
+      strain.backlog = strain.incomplete = 0
+    }
     this.wakeWriters()
   }
 
@@ -57,17 +79,20 @@ export abstract class SocketIO implements SocketOwner {
   measureIncomplete (): void {
     const held = heldBytes(this.socket)
     if (held === undefined) return
-    const before = this.incomplete
+    const before = this.strain === undefined ? 0 : this.strain.incomplete
+    const completed = (this.flags & COMPLETED_MESSAGE) !== 0
+    this.flags &= ~COMPLETED_MESSAGE
+    if (held === 0 && before === 0) return
+    const strain = (this.strain ??= new Strain())
     // The time limit counts from the start of the message now unfinished. Only a completed message
     // starts a new one: the bytes held shrink too when ws consumes a frame header, so a peer
     // trickling empty fragments would otherwise restart the clock forever, and they may keep
     // growing across chunks of a steady stream whose messages all complete.
-    if (held > 0 && (before === 0 || this.completedMessage)) this.incompleteSince = performance.now()
-    this.completedMessage = false
+    if (held > 0 && (before === 0 || completed)) strain.incompleteSince = performance.now()
     if (held === before) return
     const totals = this.rt.totals
     totals.incomplete += held - before
-    this.incomplete = held
+    strain.incomplete = held
     if (held > before && totals.incomplete > this.rt.options.maxIncompleteBytesTotal) {
       this.stopReading(CLOSE.MESSAGE_TOO_BIG, 'Too much unfinished data on the server', { incompleteBytes: held, incompleteTotal: totals.incomplete })
     }
@@ -76,8 +101,9 @@ export abstract class SocketIO implements SocketOwner {
   /** The sweep's check: a message unfinished for longer than incompleteTimeout closes the socket with 1008. */
   checkIncomplete (now: number): void {
     const limit = this.rt.options.incompleteTimeout
-    if (this.incomplete === 0 || limit === 0 || now - this.incompleteSince < limit || this.isClosed) return
-    this.stopReading(CLOSE.POLICY_VIOLATION, 'Message not completed in time', { incompleteBytes: this.incomplete, ms: Math.round(now - this.incompleteSince) })
+    const strain = this.strain
+    if (strain === undefined || strain.incomplete === 0 || limit === 0 || now - strain.incompleteSince < limit || this.isClosed) return
+    this.stopReading(CLOSE.POLICY_VIOLATION, 'Message not completed in time', { incompleteBytes: strain.incomplete, ms: Math.round(now - strain.incompleteSince) })
   }
 
   /** Closes for unfinished data and reads no more: the close handshake then ends by ws's closeTimeout. */
@@ -129,12 +155,13 @@ export abstract class SocketIO implements SocketOwner {
   measureBacklog (): number {
     const buffered = this.socket.bufferedAmount
     const counted = buffered >= BACKLOG ? buffered : 0
-    const before = this.backlog
+    const before = this.strain === undefined ? 0 : this.strain.backlog
     if (counted !== before) {
       this.rt.totals.buffered += counted - before
-      this.backlog = counted
-      if (counted > 0 && !this.watchingDrain) {
-        this.watchingDrain = true
+      this.strain ??= new Strain()
+      this.strain.backlog = counted
+      if (counted > 0 && (this.flags & WATCHING_DRAIN) === 0) {
+        this.flags |= WATCHING_DRAIN
         rawSocketOf(this.socket)?.once('drain', onRawDrain)
       }
     }
@@ -149,7 +176,7 @@ export abstract class SocketIO implements SocketOwner {
 
   /** The TCP socket emptied its buffer: measure again (it may have a backlog again already). */
   drained (): void {
-    this.watchingDrain = false
+    this.flags &= ~WATCHING_DRAIN
     this.measureBacklog()
     this.wakeWriters()
   }
@@ -174,9 +201,11 @@ export abstract class SocketIO implements SocketOwner {
       setImmediate(wake)
       return
     }
-    (this.drainWaiters ??= []).push(wake)
-    if (!this.watchingDrain) {
-      this.watchingDrain = true
+    this.strain ??= new Strain()
+    this.strain.drainWaiters ??= []
+    this.strain.drainWaiters.push(wake)
+    if ((this.flags & WATCHING_DRAIN) === 0) {
+      this.flags |= WATCHING_DRAIN
       raw.once('drain', onRawDrain)
     }
   }
@@ -184,9 +213,10 @@ export abstract class SocketIO implements SocketOwner {
   get gone (): boolean { return this.isClosed }
 
   protected wakeWriters (): void {
-    const waiters = this.drainWaiters
-    if (waiters === undefined) return
-    this.drainWaiters = undefined
+    const strain = this.strain
+    const waiters = strain?.drainWaiters
+    if (strain === undefined || waiters === undefined) return
+    strain.drainWaiters = undefined
     for (const wake of waiters) wake()
   }
 
@@ -249,6 +279,6 @@ export abstract class SocketIO implements SocketOwner {
     if (this.isClosed) return
     this.log.warn({ connection: this.id, ...fields }, why)
     this.close(code, reason)
-    this.isClosed = true
+    this.flags |= CLOSED
   }
 }

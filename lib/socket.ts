@@ -29,8 +29,11 @@ export function infoEnabled (log: FastifyBaseLogger): boolean {
   return log.level !== undefined || Object.keys(log).some(key => key !== 'child')
 }
 
-/** The owner of a TCP socket, for the listeners the transport adds (one function for all sockets, no closure each). */
-export const kOwner = Symbol('fastify-drizzle.connection')
+/**
+ * The owner of a TCP socket, for the listeners the transport adds (one function for all sockets, no
+ * closure each); only set if ws's own link to the WebSocket is not found (see wsLink).
+ */
+const kOwner = Symbol('fastify-drizzle.connection')
 
 /** What the transport asks of a raw socket's owner. */
 export interface SocketOwner {
@@ -51,6 +54,7 @@ export interface RawSocket {
   writableNeedDrain: boolean
   destroyed: boolean
   [kOwner]?: SocketOwner
+  [link: symbol]: unknown
 }
 
 /** The TCP socket under a WebSocket (absent under injectWS, and once ws has let it go). */
@@ -58,10 +62,73 @@ export function rawSocketOf (socket: WebSocket): RawSocket | undefined {
   return (socket as unknown as { _socket?: RawSocket | null })._socket ?? undefined
 }
 
-/** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
-export function onRawData (this: RawSocket): void { this[kOwner]?.measureIncomplete() }
+/**
+ * ws's link from its receiver and TCP socket to their WebSocket (ws 8 sets `[kWebSocket]` on both, and
+ * clears the TCP socket's when it closes), found by its description on the first socket, null if
+ * absent. Listeners on them reach the Connection through it and the WebSocket: a property of ours on
+ * the TCP socket would grow its property array by 24 B per connection.
+ */
+let wsLink: symbol | null | undefined
 
-export function onRawDrain (this: RawSocket): void { this[kOwner]?.drained() }
+function findLink (socket: WebSocket): symbol | null {
+  const receiver = (socket as unknown as { _receiver?: Record<symbol, unknown> | null })._receiver
+  if (receiver == null) return null
+  return Object.getOwnPropertySymbols(receiver).find(key => key.description === 'websocket' && receiver[key] === socket) ?? null
+}
+
+function ownerOfRaw (raw: RawSocket): SocketOwner | undefined {
+  if (wsLink == null) return raw[kOwner]
+  return (raw[wsLink] as OwnedSocket | undefined)?.[kConnection]
+}
+
+/** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
+function onRawData (this: RawSocket): void { ownerOfRaw(this)?.measureIncomplete() }
+
+/** After ws's receiver has emitted a pong on the WebSocket. */
+function onReceiverPong (this: Record<symbol, unknown>): void {
+  ((this[wsLink as symbol] as OwnedSocket | undefined)?.[kConnection])?.ponged()
+}
+
+interface Emitter {
+  rawListeners (event: string): Function[]
+  removeListener (event: string, listener: (...args: any[]) => void): unknown
+  on (event: string, listener: (...args: any[]) => void): unknown
+}
+
+type Listener = (this: unknown, arg: unknown) => void
+
+/**
+ * Runs `after` in the slot of ws's own listener for an event (the function named `name`), right after
+ * it, instead of as a listener of its own: a second listener would make the emitter's listeners for
+ * that event an array (64 B per connection, which EventEmitter copies on every emit), or add a key to
+ * its table of events (which grows it by 96 B). The wrapper's `listener` names ws's function, as on a
+ * once() wrapper, so ws's own removeListener removes both. ws's function is learnt from the first
+ * emitter; the returned function answers false where it is not found, and the caller listens itself.
+ */
+function afterWs (name: string, after: (this: any) => void): (emitter: Emitter, event: string) => boolean {
+  let original: Listener | null | undefined
+  const wrapper: Listener & { listener?: Listener } = function (arg) {
+    (original as Listener).call(this, arg)
+    after.call(this)
+  }
+  return (emitter, event) => {
+    const listeners = emitter.rawListeners(event)
+    if (original === undefined) {
+      const only = listeners.length === 1 ? listeners[0] : undefined
+      original = only?.name === name ? only as Listener : null
+      if (original !== null) wrapper.listener = original
+    }
+    if (original === null || listeners.length !== 1 || listeners[0] !== original) return false
+    emitter.removeListener(event, original)
+    emitter.on(event, wrapper)
+    return true
+  }
+}
+
+const afterWsData = afterWs('socketOnData', onRawData)
+const afterWsPong = afterWs('receiverOnPong', onReceiverPong)
+
+export function onRawDrain (this: RawSocket): void { ownerOfRaw(this)?.drained() }
 
 /** ws's message parser; its fields say how much of an unfinished message it holds (ws 8). */
 interface Receiver { _bufferedBytes: number, _totalPayloadLength: number, _payloadLength: number, _state: number, _opcode: number }
@@ -163,25 +230,36 @@ export function writesDirect (socket: WebSocket): boolean {
 /** What the listeners call: the Connection that owns the ws socket. */
 export interface FrameOwner {
   readonly log: FastifyBaseLogger
-  /** Set by each complete message (the unfinished-message clock, Connection.measureIncomplete). */
-  completedMessage: boolean
+  /** Called for each complete message (the unfinished-message clock, SocketIO.measureIncomplete). */
+  messageCompleted (): void
   handleFrame (raw: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void
   ponged (): void
   handleClose (code: number): void
 }
 
 const kConnection = Symbol('fastify-drizzle.owner')
-type OwnedSocket = WebSocket & { [kConnection]: FrameOwner }
+type OwnedSocket = WebSocket & { [kConnection]: FrameOwner & SocketOwner }
 
-export function listenTo (socket: WebSocket, owner: FrameOwner): void {
+// No 'error' listener: @fastify/websocket adds one to every socket, which calls its errorHandler (the
+// plugin's logs each error once, lib/plugin.ts). A second listener would only log it again, and would
+// turn the socket's single 'error' listener into an array (64 B per connection).
+export function listenTo (socket: WebSocket, owner: FrameOwner & SocketOwner): void {
   (socket as OwnedSocket)[kConnection] = owner
   socket.on('message', onMessage)
-  socket.on('pong', onPong)
-  socket.on('error', onError)
   socket.on('close', onClose)
+  wsLink ??= findLink(socket)
+  const receiver = (socket as unknown as { _receiver?: Emitter | null })._receiver
+  // A 'pong' listener on the WebSocket would be a fourth key in its table of events (with 'message',
+  // 'close', and @fastify/websocket's 'error'): that grows the table by 96 B per connection.
+  if (wsLink === null || receiver == null || !afterWsPong(receiver, 'pong')) socket.on('pong', onPong)
+  const raw = rawSocketOf(socket)
+  if (raw !== undefined) {
+    if (wsLink === null) raw[kOwner] = owner
+    if (!afterWsData(raw as unknown as Emitter, 'data')) raw.on('data', onRawData)
+  }
 }
 
-/** After close: no more frames or pongs (the error listener stays, for errors during teardown). */
+/** After close: no more frames or pongs (a pong the receiver still reads finds a closed connection). */
 export function stopListening (socket: WebSocket): void {
   socket.removeListener('message', onMessage)
   socket.removeListener('pong', onPong)
@@ -190,7 +268,7 @@ export function stopListening (socket: WebSocket): void {
 
 function onMessage (this: WebSocket, raw: Buffer, isBinary: boolean): void {
   const conn = (this as OwnedSocket)[kConnection]
-  conn.completedMessage = true
+  conn.messageCompleted()
   try {
     conn.handleFrame(raw, isBinary)
   } catch (err) {
@@ -199,11 +277,6 @@ function onMessage (this: WebSocket, raw: Buffer, isBinary: boolean): void {
 }
 
 function onPong (this: WebSocket): void { (this as OwnedSocket)[kConnection].ponged() }
-
-// Protocol violations are logged once, by the plugin's @fastify/websocket errorHandler.
-function onError (this: WebSocket, err: Error): void {
-  if (!isProtocolError(err)) (this as OwnedSocket)[kConnection].log.debug({ err }, 'websocket error')
-}
 
 function onClose (this: WebSocket, code: number): void { (this as OwnedSocket)[kConnection].handleClose(code) }
 

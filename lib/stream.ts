@@ -152,10 +152,15 @@ export interface Cancellable {
  * is not that oldest one is refused (its items could not be told apart).
  */
 export class RequestTable {
+  /** The connection's requests whose handler has not ended (maxInFlight). */
+  size = 0
+  /** Signals of these requests that handlers asked for (ctx.signal), aborted when the connection closes. */
+  signals: Set<AbortController> | undefined = undefined
   private head: Invocation | undefined
   private tail: Invocation | undefined
 
   add (invocation: Invocation): void {
+    this.size++
     invocation.prevRequest = this.tail
     invocation.nextRequest = undefined
     if (this.tail === undefined) this.head = invocation
@@ -165,6 +170,7 @@ export class RequestTable {
 
   delete (invocation: Invocation): void {
     if (invocation.prevRequest === undefined && this.head !== invocation) return
+    this.size--
     if (invocation.prevRequest === undefined) this.head = invocation.nextRequest
     else invocation.prevRequest.nextRequest = invocation.nextRequest
     if (invocation.nextRequest === undefined) this.tail = invocation.prevRequest

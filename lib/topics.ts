@@ -138,6 +138,18 @@ export class Subscriptions {
 
   add (conn: Subscriber, topic: string): boolean {
     if (conn.topics.has(topic)) return false
+    this.join(conn, topic)
+    conn.topics.add(topic)
+    return true
+  }
+
+  /**
+   * Puts a new connection in `__all__` without reading its `topics`: a Connection makes that set, with
+   * `__all__` in it, on first read (lib/connection.ts), and most connections subscribe to nothing else.
+   */
+  addToAll (conn: Subscriber): void { this.join(conn, ALL_TOPIC) }
+
+  private join (conn: Subscriber, topic: string): void {
     let subscribers = this.byTopic.get(topic)
     if (subscribers === undefined) {
       subscribers = new Set()
@@ -145,8 +157,6 @@ export class Subscriptions {
       if (topic !== ALL_TOPIC) this.brokerReady.set(topic, this.broker.subscribe(topic).catch(err => this.onBrokerError(err, 'subscribe', topic)))
     }
     subscribers.add(conn)
-    conn.topics.add(topic)
-    return true
   }
 
   remove (conn: Subscriber, topic: string): boolean {

@@ -4,6 +4,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { HistoryRead } from '../lib/brokers/types.js'
 import { Feed } from '../lib/history-feed.js'
 import type { Subscriber } from '../lib/topics.js'
+import { payloadOf } from '../lib/socket.js'
 import { waitFor } from './helpers/redis.js'
 
 // A feed whose read of history failed (its broker too slow or away) reads again by itself, with a
@@ -20,11 +21,12 @@ test('a stalled feed catches up by itself once the broker answers again, without
   const got: number[] = []
   const subscriber: Subscriber = {
     topics: new Set(['t']),
-    sendPublication (frame) { got.push(JSON.parse(frame.toString()).offset); return true }
+    sendPublication (frame) { got.push(JSON.parse(payloadOf(frame).toString()).offset); return true }
   }
   const feed = new Feed('t', { size: 100, ttl: 60_000 }, {
     log: silent,
     subscribers: () => new Set([subscriber]),
+    delivered: () => {},
     follow: async () => {},
     history: {
       publish: () => Promise.reject(new Error('unused')),

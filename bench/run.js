@@ -5,15 +5,15 @@
 // Servers, load generators and the Redis publisher are child processes (IPC for control, 127.0.0.1
 // for traffic). Every scenario runs its implementations interleaved (A B C D, B C D A, ...) `reps`
 // times, so a noisy machine slows all of them alike; ratios are paired per repetition.
-import { spawn, execFileSync } from 'node:child_process'
-import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { appendFileSync, mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { now } from './common.js'
+import { BENCH_BUILD, buildBench, now } from './common.js'
 import { report } from './report.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-export const BUILD = join(root, 'node_modules', '.cache', 'fastify-drizzle-bench')
+export const BUILD = BENCH_BUILD
 const argv = process.argv.slice(2)
 const flag = (name) => argv.includes(`--${name}`)
 const value = (name, fallback) => argv.find(a => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback
@@ -416,40 +416,9 @@ async function presenceStorm () {
 
 // ---- main ---------------------------------------------------------------------------------------
 
-function newestMtime (dir) {
-  let newest = 0
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(path) : statSync(path).mtimeMs)
-  }
-  return newest
-}
-
-/**
- * Compiles lib/ with the project's tsconfig into node_modules/.cache/fastify-drizzle-bench (out of
- * git's and eslint's way), a private copy of what
- * `npm run build` puts in dist/esm: same compiler, same options, so the servers run the built
- * JavaScript, and nobody else's `npm run build` (which empties dist/) can pull it away mid-run.
- * Skipped while the copy is newer than every file in lib/.
- */
-function build () {
-  const out = BUILD
-  const built = join(out, 'index.js')
-  if (existsSync(built) && (flag('no-build') || statSync(built).mtimeMs > newestMtime(join(root, 'lib')))) return
-  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
-  rmSync(out, { recursive: true, force: true })
-  try {
-    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json', '--outDir', out, '--declaration', 'false', '--declarationMap', 'false', '--sourceMap', 'false', '--inlineSources', 'false', '--incremental', 'false'], { cwd: root, stdio: 'inherit' })
-  } catch (err) {
-    // tsc still emits on type errors (lib/ may be mid-edit); a missing output is fatal.
-    if (!existsSync(join(out, 'index.js'))) throw err
-    console.error('bench: tsc reported errors; benchmarking what it emitted')
-  }
-}
-
 async function main () {
   const t0 = now()
-  build()
+  buildBench({ skip: flag('no-build') })
   const lgs = [start('loadgen.js', ['a']), start('loadgen.js', ['b'])]
   await Promise.all(lgs.map(lg => lg.ready))
   console.error(`bench: ${QUICK ? 'quick' : 'full'} run, ${REPS} repetitions, implementations ${IMPLS.join(', ')}, variants ${VARIANTS.join(', ') || 'none'}; results in ${resultsFile}`)

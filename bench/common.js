@@ -1,5 +1,5 @@
 // Helpers shared by the orchestrator and its children (plain ESM, no dependencies).
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -82,4 +82,67 @@ export function buildBench ({ skip = false } = {}) {
     if (!existsSync(built)) throw err
     console.error('bench: tsc reported errors; running what it emitted')
   }
+}
+
+// ---- children of an orchestrator (bench/run.js, bench/soak.js) ----------------------------------
+
+export function withTimeout (promise, ms, what) {
+  let timer
+  return Promise.race([promise, new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} (after ${ms} ms)`)), ms) })])
+    .finally(() => clearTimeout(timer))
+}
+
+/**
+ * Starts `node <nodeArgs> bench/<script> <args>` through bash so that the soft file-descriptor limit
+ * is raised to the hard one (10,000 sockets need the headroom); IPC survives the exec. The child is
+ * kept in `children` until it exits; `onExit(err)` hears of every exit. Returns a handle: `ready`
+ * (its `{ ready: true }` message), `rpc(cmd, payload)` (answered by ipcServer) and `stop()`.
+ */
+export function startChild (script, args, { name = script, nodeArgs = [], children, readyMs = 20000, onExit } = {}) {
+  const child = spawn('bash', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'bash', process.execPath, ...nodeArgs, join(ROOT, 'bench', script), ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
+  })
+  children?.add(child)
+  let nextId = 0
+  const waiting = new Map()
+  let readyResolve, readyReject
+  const ready = new Promise((resolve, reject) => { readyResolve = resolve; readyReject = reject })
+  child.on('message', (msg) => {
+    if (msg.ready) { readyResolve(msg); return }
+    const w = waiting.get(msg.re)
+    if (w === undefined) return
+    waiting.delete(msg.re)
+    clearTimeout(w.timer)
+    if (msg.error !== undefined) w.reject(new Error(`${name}: ${msg.error}`))
+    else w.resolve(msg.result)
+  })
+  child.on('exit', (code, signal) => {
+    children?.delete(child)
+    const err = new Error(`${name} exited (${code ?? signal})`)
+    readyReject(err)
+    for (const w of waiting.values()) { clearTimeout(w.timer); w.reject(err) }
+    waiting.clear()
+    onExit?.(err)
+  })
+  const handle = {
+    child,
+    name,
+    ready: withTimeout(ready, readyMs, `${name} did not start`),
+    rpc (cmd, payload = {}, timeoutMs = 60000) {
+      const id = ++nextId
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => { waiting.delete(id); reject(new Error(`${name}: ${cmd} timed out`)) }, timeoutMs)
+        waiting.set(id, { resolve, reject, timer })
+        child.send({ id, cmd, ...payload })
+      })
+    },
+    async stop () {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise(resolve => child.once('exit', resolve))
+      handle.rpc('exit', {}, 5000).catch(() => {})
+      await withTimeout(exited, 6000, 'exit').catch(() => child.kill('SIGKILL'))
+    }
+  }
+  return handle
 }

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process'
 import { appendFileSync, mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { BENCH_BUILD, buildBench, now } from './common.js'
+import { BENCH_BUILD, buildBench, now, startChild } from './common.js'
 import { report } from './report.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -56,61 +56,8 @@ for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => { killAll()
 process.on('uncaughtException', (err) => { console.error(err); killAll(); process.exit(1) })
 process.on('unhandledRejection', (err) => { console.error(err); killAll(); process.exit(1) })
 
-/**
- * Starts `node <nodeArgs> <script> <args>` through bash so that the soft file-descriptor limit is
- * raised to the hard one (10,000 sockets need the headroom); IPC survives the exec.
- */
 function start (script, args, nodeArgs = []) {
-  const child = spawn('bash', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'bash', process.execPath, ...nodeArgs, join(root, 'bench', script), ...args], {
-    cwd: root,
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-  })
-  children.add(child)
-  let nextId = 0
-  const waiting = new Map()
-  let readyResolve, readyReject
-  const ready = new Promise((resolve, reject) => { readyResolve = resolve; readyReject = reject })
-  child.on('message', (msg) => {
-    if (msg.ready) { readyResolve(msg); return }
-    const w = waiting.get(msg.re)
-    if (w === undefined) return
-    waiting.delete(msg.re)
-    clearTimeout(w.timer)
-    if (msg.error !== undefined) w.reject(new Error(`${script} ${args[0] ?? ''}: ${msg.error}`))
-    else w.resolve(msg.result)
-  })
-  child.on('exit', (code, signal) => {
-    children.delete(child)
-    const err = new Error(`${script} ${args[0] ?? ''} exited (${code ?? signal})`)
-    readyReject(err)
-    for (const w of waiting.values()) { clearTimeout(w.timer); w.reject(err) }
-    waiting.clear()
-  })
-  const handle = {
-    child,
-    ready: withTimeout(ready, 20000, `${script} ${args[0] ?? ''} did not start`),
-    rpc (cmd, payload = {}, timeoutMs = 60000) {
-      const id = ++nextId
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => { waiting.delete(id); reject(new Error(`${script} ${args[0] ?? ''}: ${cmd} timed out`)) }, timeoutMs)
-        waiting.set(id, { resolve, reject, timer })
-        child.send({ id, cmd, ...payload })
-      })
-    },
-    async stop () {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      const exited = new Promise(resolve => child.once('exit', resolve))
-      handle.rpc('exit', {}, 5000).catch(() => {})
-      await withTimeout(exited, 5000, 'exit').catch(() => child.kill('SIGKILL'))
-    }
-  }
-  return handle
-}
-
-function withTimeout (promise, ms, what) {
-  let timer
-  return Promise.race([promise, new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} (after ${ms} ms)`)), ms) })])
-    .finally(() => clearTimeout(timer))
+  return startChild(script, args, { name: `${script} ${args[0] ?? ''}`, nodeArgs, children })
 }
 
 async function startServer (impl, options = {}) {

@@ -34,11 +34,10 @@
 //     max(2 MB/min, 1 % of its mean RSS per minute). The heap-after-GC slope is reported beside it.
 // p50/p99/p99.9/max delivery latency (live deliveries, after warm-up) is reported, not judged.
 // Results: bench/results/soak-<stamp>.jsonl (config, samples, summary); the summary is printed.
-import { spawn } from 'node:child_process'
 import { appendFileSync, mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { buildBench, now } from './common.js'
+import { buildBench, now, startChild } from './common.js'
 import { addSparse, newHistogram, summarize } from './soak-common.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -88,59 +87,16 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => {
 process.on('uncaughtException', (err) => { console.error(err); killAll(); process.exit(2) })
 process.on('unhandledRejection', (err) => { console.error(err); killAll(); process.exit(2) })
 
-function withTimeout (promise, ms, what) {
-  let timer
-  return Promise.race([promise, new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} (after ${ms} ms)`)), ms) })])
-    .finally(() => clearTimeout(timer))
-}
-
-/** `node <nodeArgs> bench/<script> <args>` through bash, the soft fd limit raised to the hard one. */
+/** `node <nodeArgs> bench/<script> <args[0]>`; args[1] only names it in messages. A child that dies mid-run ends the soak. */
 function start (script, args, nodeArgs = []) {
   const name = `${script} ${args.length > 1 ? args[1] : ''}`.trim()
-  const child = spawn('bash', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'bash', process.execPath, ...nodeArgs, join(root, 'bench', script), ...args.slice(0, 1)], {
-    cwd: root,
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-  })
-  children.add(child)
-  let nextId = 0
-  const waiting = new Map()
-  let readyResolve, readyReject
-  const ready = new Promise((resolve, reject) => { readyResolve = resolve; readyReject = reject })
-  child.on('message', (msg) => {
-    if (msg.ready) { readyResolve(msg); return }
-    const w = waiting.get(msg.re)
-    if (w === undefined) return
-    waiting.delete(msg.re)
-    clearTimeout(w.timer)
-    if (msg.error !== undefined) w.reject(new Error(`${name}: ${msg.error}`))
-    else w.resolve(msg.result)
-  })
-  child.on('exit', (code, signal) => {
-    children.delete(child)
-    const err = new Error(`${name} exited (${code ?? signal})`)
-    readyReject(err)
-    for (const w of waiting.values()) { clearTimeout(w.timer); w.reject(err) }
-    waiting.clear()
-    if (!stopping) { console.error(`soak: ${err.message}`); killAll(); process.exit(2) }
-  })
-  return {
+  return startChild(script, args.slice(0, 1), {
     name,
-    ready: withTimeout(ready, 30000, `${name} did not start`),
-    rpc (cmd, payload = {}, timeoutMs = 60000) {
-      const id = ++nextId
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => { waiting.delete(id); reject(new Error(`${name}: ${cmd} timed out`)) }, timeoutMs)
-        waiting.set(id, { resolve, reject, timer })
-        child.send({ id, cmd, ...payload })
-      })
-    },
-    async stop () {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      const exited = new Promise(resolve => child.once('exit', resolve))
-      this.rpc('exit', {}, 5000).catch(() => {})
-      await withTimeout(exited, 6000, 'exit').catch(() => child.kill('SIGKILL'))
-    }
-  }
+    nodeArgs,
+    children,
+    readyMs: 30000,
+    onExit (err) { if (!stopping) { console.error(`soak: ${err.message}`); killAll(); process.exit(2) } }
+  })
 }
 let stopping = false
 

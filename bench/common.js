@@ -86,6 +86,19 @@ export function buildBench ({ skip = false } = {}) {
 
 // ---- children of an orchestrator (bench/run.js, bench/soak.js) ----------------------------------
 
+/** Kills every child still in `children` when this process exits or is interrupted; returns that killer. */
+export function reaper (children) {
+  const killAll = () => {
+    for (const child of children) {
+      try { child.kill('SIGKILL') } catch { /* already gone */ }
+    }
+    children.clear()
+  }
+  process.on('exit', killAll)
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => { killAll(); process.exit(130) })
+  return killAll
+}
+
 export function withTimeout (promise, ms, what) {
   let timer
   return Promise.race([promise, new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} (after ${ms} ms)`)), ms) })])

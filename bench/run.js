@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process'
 import { appendFileSync, mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { BENCH_BUILD, buildBench, now, startChild } from './common.js'
+import { BENCH_BUILD, buildBench, now, reaper, startChild } from './common.js'
 import { report } from './report.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -44,15 +44,7 @@ const P = QUICK
 // ---- children -----------------------------------------------------------------------------------
 
 const children = new Set()
-
-function killAll () {
-  for (const child of children) {
-    try { child.kill('SIGKILL') } catch { /* already gone */ }
-  }
-  children.clear()
-}
-process.on('exit', killAll)
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => { killAll(); process.exit(130) })
+const killAll = reaper(children)
 process.on('uncaughtException', (err) => { console.error(err); killAll(); process.exit(1) })
 process.on('unhandledRejection', (err) => { console.error(err); killAll(); process.exit(1) })
 

@@ -37,7 +37,7 @@
 import { appendFileSync, mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { buildBench, now, startChild } from './common.js'
+import { buildBench, now, reaper, startChild } from './common.js'
 import { addSparse, newHistogram, summarize } from './soak-common.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -76,14 +76,7 @@ C.prefix = `drizzle-soak-${process.pid}-${Date.now()}:`
 // ---- children (as bench/run.js starts them) -----------------------------------------------------
 
 const children = new Set()
-function killAll () {
-  for (const child of children) {
-    try { child.kill('SIGKILL') } catch { /* already gone */ }
-  }
-  children.clear()
-}
-process.on('exit', killAll)
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => { killAll(); process.exit(130) })
+const killAll = reaper(children)
 process.on('uncaughtException', (err) => { console.error(err); killAll(); process.exit(2) })
 process.on('unhandledRejection', (err) => { console.error(err); killAll(); process.exit(2) })
 

@@ -169,13 +169,9 @@ export class ActionRunner {
 /**
  * Hooks, validation, handler, onSend, serialization: resolves to the serialized data, or to the
  * stream a streaming handler returned (its onSend hooks run on its final value, in lib/stream.ts).
+ * An action without hooks whose span need not be made active runs the same steps in run() itself.
  */
 async function execute (action: CompiledAction, message: Envelope, ctx: ActionContext): Promise<string | Streamed> {
-  if (!action.hasHooks) {
-    validate(action, message)
-    const data = await action.handler.call(action.scope, message, ctx)
-    return isStream(data) ? data : action.serialize(data)
-  }
   const hooks = action.hooks
   if (hooks.onRequest.length > 0) await runHooks(hooks.onRequest, message, ctx)
   if (hooks.preValidation.length > 0) await runHooks(hooks.preValidation, message, ctx)

@@ -346,16 +346,14 @@ export class Runtime implements ContextHost<Peer> {
       return
     }
     if (this.dropsInvalid(topic, data)) return
-    const history = this.history.enabled && this.history.policyOf(topic) !== undefined
     const traceparent = meta?.traceparent
-    if (traceparent === undefined || this.tracing?.active !== true) {
-      if (history) this.history.deliver(topic, data, event, meta)
-      else this.deliverPlain(topic, data, event)
-      return
-    }
-    const span = this.tracing.startDelivery(topic, this.broker.name, traceparent, this.patterns.match(topic)?.declared.pattern)
-    const delivered = history ? this.history.deliver(topic, data, event, meta) : this.deliverPlain(topic, data, event)
-    if (span !== undefined) this.tracing.endDelivery(span, delivered)
+    const span = traceparent !== undefined && this.tracing?.active === true
+      ? this.tracing.startDelivery(topic, this.broker.name, traceparent, this.patterns.match(topic)?.declared.pattern)
+      : undefined
+    const delivered = this.history.enabled && this.history.policyOf(topic) !== undefined
+      ? this.history.deliver(topic, data, event, meta)
+      : this.deliverPlain(topic, data, event)
+    if (span !== undefined) (this.tracing as Tracing).endDelivery(span, delivered)
   }
 
   /** Delivers a publication as it came, without a position; returns how many sockets got it. */

@@ -160,10 +160,7 @@ export abstract class SocketIO implements SocketOwner {
       this.rt.totals.buffered += counted - before
       this.strain ??= new Strain()
       this.strain.backlog = counted
-      if (counted > 0 && (this.flags & WATCHING_DRAIN) === 0) {
-        this.flags |= WATCHING_DRAIN
-        rawSocketOf(this.socket)?.once('drain', onRawDrain)
-      }
+      if (counted > 0) this.watchDrain(rawSocketOf(this.socket))
     }
     return buffered
   }
@@ -204,10 +201,14 @@ export abstract class SocketIO implements SocketOwner {
     this.strain ??= new Strain()
     this.strain.drainWaiters ??= []
     this.strain.drainWaiters.push(wake)
-    if ((this.flags & WATCHING_DRAIN) === 0) {
-      this.flags |= WATCHING_DRAIN
-      raw.once('drain', onRawDrain)
-    }
+    this.watchDrain(raw)
+  }
+
+  /** One 'drain' listener at a time, whoever needs it (a backlog to correct, streams to wake). */
+  private watchDrain (raw: RawSocket | undefined): void {
+    if (raw === undefined || (this.flags & WATCHING_DRAIN) !== 0) return
+    this.flags |= WATCHING_DRAIN
+    raw.once('drain', onRawDrain)
   }
 
   get gone (): boolean { return this.isClosed }

@@ -52,6 +52,7 @@ export class Feed {
   epoch = ''
   last = 0
   state: FeedState = 'starting'
+  /** Set by forget(): the topic lost its last local subscriber, and nothing more is read or written. */
   forgotten = false
   readonly ready: Promise<void>
   private pending: Live[] = []
@@ -89,6 +90,13 @@ export class Feed {
     // broker that is already too slow to answer.
     if (this.state === 'live') this.catchUp()
     return 0
+  }
+
+  /** The topic lost its last local subscriber: a pending retry goes too, so nothing keeps the feed. */
+  forget (): void {
+    this.forgotten = true
+    clearTimeout(this.retryTimer)
+    this.retryTimer = undefined
   }
 
   /** The broker subscription was made again after a drop: read what was published meanwhile. */

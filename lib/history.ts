@@ -136,7 +136,7 @@ export class History {
   forget (topic: string): void {
     const feed = this.feeds.get(topic)
     if (feed === undefined) return
-    feed.forgotten = true
+    feed.forget()
     this.feeds.delete(topic)
   }
 

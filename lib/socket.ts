@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer'
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket } from 'ws'
@@ -95,38 +96,42 @@ interface Emitter {
   on (event: string, listener: (...args: any[]) => void): unknown
 }
 
-type Listener = (this: unknown, arg: unknown) => void
+type Listener = (this: any, arg: any) => void
 
 /**
- * Runs `after` in the slot of ws's own listener for an event (the function named `name`), right after
- * it, instead of as a listener of its own: a second listener would make the emitter's listeners for
- * that event an array (64 B per connection, which EventEmitter copies on every emit), or add a key to
- * its table of events (which grows it by 96 B). The wrapper's `listener` names ws's function, as on a
- * once() wrapper, so ws's own removeListener removes both. ws's function is learnt from the first
- * emitter; the returned function answers false where it is not found, and the caller listens itself.
+ * Puts `wrap(ws's listener)` in the slot of ws's own listener for an event (the function named
+ * `name`) instead of adding a listener of our own: a second listener would make the emitter's
+ * listeners for that event an array (64 B per connection, which EventEmitter copies on every emit),
+ * or add a key to its table of events (which grows it by 96 B). The wrapper's `listener` names ws's
+ * function, as on a once() wrapper, so ws's own removeListener removes both. ws's function is learnt
+ * from the first emitter; the returned function answers false where it is not found, and the caller
+ * listens itself.
  */
-function afterWs (name: string, after: (this: any) => void): (emitter: Emitter, event: string) => boolean {
-  let original: Listener | null | undefined
-  const wrapper: Listener & { listener?: Listener } = function (arg) {
-    (original as Listener).call(this, arg)
-    after.call(this)
-  }
+function inWsSlot (name: string, wrap: (original: Listener) => Listener): (emitter: Emitter, event: string) => boolean {
+  let wrapper: (Listener & { listener?: Listener }) | null | undefined
   return (emitter, event) => {
     const listeners = emitter.rawListeners(event)
-    if (original === undefined) {
+    if (wrapper === undefined) {
       const only = listeners.length === 1 ? listeners[0] : undefined
-      original = only?.name === name ? only as Listener : null
-      if (original !== null) wrapper.listener = original
+      wrapper = only?.name === name ? wrap(only as Listener) : null
+      if (wrapper !== null) wrapper.listener = only as Listener
     }
-    if (original === null || listeners.length !== 1 || listeners[0] !== original) return false
-    emitter.removeListener(event, original)
+    if (wrapper === null || listeners.length !== 1 || listeners[0] !== wrapper.listener) return false
+    emitter.removeListener(event, wrapper.listener as Listener)
     emitter.on(event, wrapper)
     return true
   }
 }
 
-const afterWsData = afterWs('socketOnData', onRawData)
-const afterWsPong = afterWs('receiverOnPong', onReceiverPong)
+const slotOfWsData = inWsSlot('socketOnData', original => function (this: RawSocket, chunk: Buffer) {
+  const rest = readFrames(this, chunk)
+  if (rest !== undefined) original.call(this, rest)
+  onRawData.call(this)
+})
+const slotOfWsPong = inWsSlot('receiverOnPong', original => function (this: unknown, data: Buffer) {
+  original.call(this, data)
+  onReceiverPong.call(this as Record<symbol, unknown>)
+})
 
 export function onRawDrain (this: RawSocket): void { ownerOfRaw(this)?.drained() }
 
@@ -149,6 +154,96 @@ export function heldBytes (socket: WebSocket): number | undefined {
   if (receiver == null) return undefined
   const awaitingPayload = (receiver._state === GET_MASK || receiver._state === GET_DATA) && receiver._opcode < 0x08
   return receiver._bufferedBytes + receiver._totalPayloadLength - (awaitingPayload ? receiver._payloadLength : 0)
+}
+
+// ---- frames read past ws's receiver --------------------------------------------------------------
+
+/** What readFrames() checks of ws 8's receiver: it must hold nothing and deliver messages at once. */
+interface IdleReceiver extends Receiver { _fragmented: number, _maxPayload: number, _allowSynchronousEvents: boolean, _errored: boolean, writableLength: number }
+
+/** Whether ws's receiver is between messages with nothing held, so a whole frame may be read past it. */
+function receiverIdle (receiver: IdleReceiver | null | undefined): receiver is IdleReceiver {
+  return receiver != null && receiver._state === 0 && receiver._bufferedBytes === 0 && receiver._fragmented === 0 &&
+    receiver._allowSynchronousEvents && !receiver._errored && receiver.writableLength === 0
+}
+
+/**
+ * The end of the frame at `at` in `chunk` if it is one ws would deliver unchanged as a message: whole,
+ * final, text or binary, masked (as a client must), no extension bits, a length in 7 or 16 bits within
+ * ws's maxPayload. -1 for anything else (control frames, fragments, compressed or malformed frames, a
+ * frame continued in the next chunk), which ws reads itself.
+ */
+export function simpleFrameEnd (chunk: Buffer, at: number, maxPayload: number): number {
+  if (chunk.length - at < 6) return -1
+  const first = chunk[at] as number
+  const second = chunk[at + 1] as number
+  if ((first !== 0x81 && first !== 0x82) || second < 0x80) return -1
+  let length = second & 0x7f
+  let maskAt = at + 2
+  if (length === 126) {
+    if (chunk.length - at < 8) return -1
+    length = (chunk[at + 2] as number) << 8 | (chunk[at + 3] as number)
+    maskAt = at + 4
+  } else if (length === 127) return -1
+  if (maxPayload > 0 && length > maxPayload) return -1
+  const end = maskAt + 4 + length
+  return end <= chunk.length ? end : -1
+}
+
+/** XORs chunk[start, end) with the 4-byte mask at start - 4: it masks and unmasks alike (RFC 6455 5.3). */
+function unmask (chunk: Buffer, start: number, end: number): void {
+  const m0 = chunk[start - 4] as number
+  const m1 = chunk[start - 3] as number
+  const m2 = chunk[start - 2] as number
+  const m3 = chunk[start - 1] as number
+  let i = start
+  for (; i + 3 < end; i += 4) {
+    chunk[i] = (chunk[i] as number) ^ m0
+    chunk[i + 1] = (chunk[i + 1] as number) ^ m1
+    chunk[i + 2] = (chunk[i + 2] as number) ^ m2
+    chunk[i + 3] = (chunk[i + 3] as number) ^ m3
+  }
+  if (i < end) chunk[i] = (chunk[i] as number) ^ m0
+  if (i + 1 < end) chunk[i + 1] = (chunk[i + 1] as number) ^ m1
+  if (i + 2 < end) chunk[i + 2] = (chunk[i + 2] as number) ^ m2
+}
+
+/** Whether the connection is the socket's only 'message' listener (an app may have added one through it). */
+function ownsMessages (socket: WebSocket): boolean {
+  return socket.listenerCount('message') === 1 && socket.listenerCount('message', onMessage) === 1
+}
+
+/**
+ * Reads the whole, simple frames at the start of a chunk of the TCP socket and hands each message to
+ * its connection, as ws's receiver would have, but without its stream: ws's Writable machinery, three
+ * buffer views and two emits per message cost about as much as the rest of a request's JavaScript.
+ * Only while ws's receiver is idle, the socket open and the connection its only 'message' listener;
+ * at the first frame it would treat differently (see simpleFrameEnd, and text that is not UTF-8, which
+ * ws closes with 1007), the rest of the chunk goes to ws, so frames keep their order. Returns what ws
+ * must read: the chunk, its tail, or undefined when nothing is left.
+ */
+function readFrames (raw: RawSocket, chunk: Buffer): Buffer | undefined {
+  const socket = wsLink == null ? undefined : raw[wsLink] as OwnedSocket | undefined
+  const receiver = (socket as { _receiver?: IdleReceiver | null } | undefined)?._receiver
+  if (socket === undefined || !receiverIdle(receiver)) return chunk
+  const owner = socket[kConnection]
+  let at = 0
+  while (at < chunk.length && socket.readyState === OPEN && ownsMessages(socket)) {
+    const end = simpleFrameEnd(chunk, at, receiver._maxPayload)
+    if (end < 0) break
+    // The payload follows the mask, after a 7-bit (2-byte header) or 16-bit (4-byte header) length.
+    const start = at + (((chunk[at + 1] as number) & 0x7f) === 126 ? 8 : 6)
+    unmask(chunk, start, end)
+    const payload = chunk.subarray(start, end)
+    const isBinary = chunk[at] === 0x82
+    if (!isBinary && !isUtf8(payload)) {
+      unmask(chunk, start, end)
+      break
+    }
+    at = end
+    deliver(owner, payload, isBinary)
+  }
+  return at === 0 ? chunk : at === chunk.length ? undefined : chunk.subarray(at)
 }
 
 /**
@@ -251,11 +346,11 @@ export function listenTo (socket: WebSocket, owner: FrameOwner & SocketOwner): v
   const receiver = (socket as unknown as { _receiver?: Emitter | null })._receiver
   // A 'pong' listener on the WebSocket would be a fourth key in its table of events (with 'message',
   // 'close', and @fastify/websocket's 'error'): that grows the table by 96 B per connection.
-  if (wsLink === null || receiver == null || !afterWsPong(receiver, 'pong')) socket.on('pong', onPong)
+  if (wsLink === null || receiver == null || !slotOfWsPong(receiver, 'pong')) socket.on('pong', onPong)
   const raw = rawSocketOf(socket)
   if (raw !== undefined) {
     if (wsLink === null) raw[kOwner] = owner
-    if (!afterWsData(raw as unknown as Emitter, 'data')) raw.on('data', onRawData)
+    if (!slotOfWsData(raw as unknown as Emitter, 'data')) raw.on('data', onRawData)
   }
 }
 
@@ -267,7 +362,11 @@ export function stopListening (socket: WebSocket): void {
 }
 
 function onMessage (this: WebSocket, raw: Buffer, isBinary: boolean): void {
-  const conn = (this as OwnedSocket)[kConnection]
+  deliver((this as OwnedSocket)[kConnection], raw, isBinary)
+}
+
+/** A complete message, from ws's receiver or from readFrames(). */
+function deliver (conn: FrameOwner & SocketOwner, raw: Buffer, isBinary: boolean): void {
   conn.messageCompleted()
   try {
     conn.handleFrame(raw, isBinary)

@@ -1,10 +1,11 @@
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import websocket from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
-import drizzle from '../lib/index.js'
+import type WebSocket from 'ws'
+import drizzle, { type DrizzleOptions } from '../lib/index.js'
 import { payloadOf, textFrame, writesDirect } from '../lib/socket.js'
-import { build, connect, inject, listen } from './helpers/client.js'
+import { build, connect, inject, listen, sleep, type Frame, type TestClient } from './helpers/client.js'
 
 // lib/socket.ts: frames the plugin writes to the TCP socket itself, past ws's sender, and when it must
 // not. Every size class of the length field, multi-byte UTF-8, and a peer with permessage-deflate.
@@ -99,4 +100,150 @@ test('a plain socket is written directly; an injected one (no TCP socket) goes t
   const injected = await inject(t, app)
   const reply = await injected.request('echo', 'size', { n: 2 })
   assert.equal(reply.data.text, '€é€é')
+})
+
+// ---- frames read past ws's receiver (lib/socket.ts readFrames) -------------------------------------
+
+/** A client frame as RFC 6455 lays it out, masked; `bits` forces the size of the length field. */
+function masked (payload: string | Buffer, options: { opcode?: number, fin?: boolean, bits?: 7 | 16 | 64, mask?: boolean } = {}): Buffer {
+  const body = Buffer.isBuffer(payload) ? payload : Buffer.from(payload)
+  const bits = options.bits ?? (body.length < 126 ? 7 : body.length < 65536 ? 16 : 64)
+  const header = Buffer.alloc(bits === 7 ? 2 : bits === 16 ? 4 : 10)
+  header[0] = ((options.fin ?? true) ? 0x80 : 0) | (options.opcode ?? 1)
+  if (bits === 7) header[1] = body.length
+  else if (bits === 16) { header[1] = 126; header.writeUInt16BE(body.length, 2) } else { header[1] = 127; header.writeBigUInt64BE(BigInt(body.length), 2) }
+  if (options.mask === false) return Buffer.concat([header, body])
+  header[1] = (header[1] as number) | 0x80
+  const key = Buffer.from([0x37, 0xfa, 0x21, 0x3d])
+  const out = Buffer.from(body)
+  for (let i = 0; i < out.length; i++) out[i] = (out[i] as number) ^ (key[i & 3] as number)
+  return Buffer.concat([header, key, out])
+}
+
+const envelope = (id: number, pad = 0): string => JSON.stringify({ resource: 'echo', action: 'back', data: { id, pad: 'é'.repeat(pad) }, request_id: id })
+
+/** An app echoing `data`, a client, and the server's ws socket with a count of what its receiver read. */
+async function rawPeer (t: TestContext, options: DrizzleOptions = {}): Promise<{ app: FastifyInstance, client: TestClient, write: (chunk: Buffer) => void, receiverReads: number[], server: WebSocket, ran: number[] }> {
+  const ran: number[] = []
+  const app = await build(t, { heartbeatInterval: 0, ...options }, (app) => {
+    app.drizzle.resource('echo', {
+      async back (message) {
+        ran.push(message.request_id as number)
+        return message.data
+      }
+    })
+  })
+  const client = await connect(t, await listen(app))
+  await client.request('echo', 'back', { warm: true })
+  const server = [...app.websocketServer.clients][0] as WebSocket
+  const receiver = (server as unknown as { _receiver: { write: (chunk: Buffer) => boolean } })._receiver
+  const receiverReads: number[] = []
+  const write = receiver.write
+  receiver.write = function (this: unknown, chunk: Buffer) { receiverReads.push(chunk.length); return write.call(this, chunk) }
+  const socket = (client.ws as unknown as { _socket: { write (chunk: Buffer): boolean } })._socket
+  return { app, client, write: chunk => { socket.write(chunk) }, receiverReads, server, ran }
+}
+
+async function replies (client: TestClient, ids: number[]): Promise<Frame[]> {
+  await client.reply(ids[ids.length - 1], 5000)
+  return client.frames.filter(f => typeof f.request_id === 'number' && ids.includes(f.request_id))
+}
+
+test('simple frames in one chunk (7- and 16-bit lengths, text and binary) are read past ws and answered in order', async (t) => {
+  const { client, write, receiverReads } = await rawPeer(t)
+  const ids = Array.from({ length: 60 }, (_, i) => 1000 + i)
+  write(Buffer.concat(ids.map((id, i) => masked(envelope(id, i * 3), { opcode: i % 3 === 0 ? 2 : 1 }))))
+  const got = await replies(client, ids)
+  assert.deepEqual(got.map(f => f.request_id), ids)
+  assert.deepEqual(got.map(f => f.data.pad.length), ids.map((_, i) => i * 3), 'multi-byte payloads unmasked whole')
+  assert.deepEqual(receiverReads, [], "ws's receiver read nothing: every frame was simple")
+})
+
+test('a chunk mixing simple frames with a ping, a fragmented message and a 64-bit length: ws reads from the first it must, in order', async (t) => {
+  const { client, write, receiverReads } = await rawPeer(t)
+  const pong = new Promise<string>(resolve => client.ws.once('pong', (data: Buffer) => resolve(data.toString())))
+  const fragmented = envelope(3)
+  const chunk = Buffer.concat([
+    masked(envelope(1)),
+    masked(envelope(2)),
+    masked('ping!', { opcode: 9 }),
+    masked(fragmented.slice(0, 10), { fin: false }),
+    masked(fragmented.slice(10), { opcode: 0 }),
+    masked(envelope(4), { bits: 64 }),
+    masked(envelope(5))
+  ])
+  write(chunk)
+  const got = await replies(client, [1, 2, 3, 4, 5])
+  assert.deepEqual(got.map(f => f.request_id), [1, 2, 3, 4, 5])
+  assert.equal(await pong, 'ping!')
+  const tail = chunk.length - masked(envelope(1)).length - masked(envelope(2)).length
+  assert.deepEqual(receiverReads, [tail], 'ws read the chunk from the ping on')
+  // Once ws is idle again, simple frames go past it again.
+  write(Buffer.concat([masked(envelope(6)), masked(envelope(7))]))
+  assert.deepEqual((await replies(client, [6, 7])).map(f => f.request_id), [6, 7])
+  assert.deepEqual(receiverReads, [tail])
+})
+
+test('frames cut across chunks at any byte are answered whole', async (t) => {
+  const { client, write, receiverReads } = await rawPeer(t)
+  const ids = [11, 12, 13, 14]
+  const bytes = Buffer.concat(ids.map((id, i) => masked(envelope(id, i * 60))))
+  // Cuts inside a header, inside a 16-bit length, inside a mask and inside payloads.
+  const cuts = [1, 3, 5, 7, 50, 140, 141, 300, bytes.length - 1]
+  let from = 0
+  for (const cut of [...cuts, bytes.length]) {
+    write(bytes.subarray(from, cut))
+    from = cut
+    await sleep(2)
+  }
+  assert.deepEqual((await replies(client, ids)).map(f => [f.request_id, f.data.pad.length]), ids.map((id, i) => [id, i * 60]))
+  assert.ok(receiverReads.length > 0, 'unfinished frames went to ws')
+})
+
+// A peer that breaks the protocol is closed at once, as ws does it: the frames before the bad one ran,
+// but their replies find the socket closing (ws's own path behaves the same), and nothing after it runs.
+test('text that is not UTF-8 after a good frame: the good one runs, then ws closes with 1007', async (t) => {
+  const { client, write, ran } = await rawPeer(t)
+  write(Buffer.concat([masked(envelope(21)), masked(Buffer.from([0x7b, 0xff, 0xfe, 0x7d])), masked(envelope(22))]))
+  assert.equal(await client.closed, 1007)
+  assert.deepEqual(ran.slice(1), [21], 'nothing after the bad frame ran')
+})
+
+test('a binary frame that is not UTF-8 gets VALIDATION_ERROR, as through ws', async (t) => {
+  const { client, write } = await rawPeer(t)
+  write(Buffer.concat([masked(Buffer.from([0xff, 0x00]), { opcode: 2 }), masked(envelope(23))]))
+  await client.reply(23)
+  const refused = client.frames.find(f => f.request_id === null)
+  assert.equal(refused?.code, 'VALIDATION_ERROR')
+})
+
+test('an unmasked frame closes with 1002; a frame over maxPayload with 1009', async (t) => {
+  const first = await rawPeer(t)
+  first.write(Buffer.concat([masked(envelope(31)), masked(envelope(32), { mask: false })]))
+  assert.equal(await first.client.closed, 1002)
+  assert.deepEqual(first.ran.slice(1), [31])
+
+  const second = await rawPeer(t, { maxPayload: 200 })
+  second.write(Buffer.concat([masked(envelope(33)), masked(envelope(34, 150))]))
+  assert.equal(await second.client.closed, 1009)
+  assert.deepEqual(second.ran.slice(1), [33])
+})
+
+test('a close frame in a chunk: the frames before it run, none after it', async (t) => {
+  const { client, write, ran } = await rawPeer(t)
+  const close = Buffer.alloc(2)
+  close.writeUInt16BE(1000)
+  write(Buffer.concat([masked(envelope(41)), masked(close, { opcode: 8 }), masked(envelope(42))]))
+  assert.equal(await client.closed, 1000)
+  assert.deepEqual(ran.slice(1), [41])
+})
+
+test("a 'message' listener the app added to the socket still sees every message (ws reads them then)", async (t) => {
+  const { client, write, receiverReads, server } = await rawPeer(t)
+  const seen: string[] = []
+  server.on('message', (data: Buffer) => seen.push(JSON.parse(data.toString()).request_id))
+  write(Buffer.concat([masked(envelope(51)), masked(envelope(52))]))
+  assert.deepEqual((await replies(client, [51, 52])).map(f => f.request_id), [51, 52])
+  assert.deepEqual(seen, [51, 52])
+  assert.equal(receiverReads.length, 1)
 })

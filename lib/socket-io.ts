@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, corkForTurn, flatUuid, heldBytes, OPEN, onRawDrain, payloadOf, rawSocketOf, textFrame, writesDirect, type RawSocket, type SocketOwner } from './socket.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, joinTurn, flatUuid, heldBytes, OPEN, onRawDrain, payloadOf, rawSocketOf, textFrame, writesDirect, type RawSocket, type SocketOwner } from './socket.js'
 
 // The bytes of one WebSocket, in and out: write coalescing, both backpressure rules (publications at
 // maxBufferedBytes, replies at twice that), this socket's shares of the server-wide totals (bytes
@@ -18,8 +18,10 @@ const CLOSED = 1
 const WATCHING_DRAIN = 2
 /** Set by each complete message, cleared by measureIncomplete(). */
 const COMPLETED_MESSAGE = 4
+/** Set while write() holds the TCP socket corked for the rest of the turn. */
+const CORKED = 8
 /** The bits from this one up are the subclass's (lib/connection.ts). */
-export const SUBCLASS_FLAG = 8
+export const SUBCLASS_FLAG = 16
 
 /**
  * What a socket holds only while strained: a backlog, unfinished incoming messages, streams waiting for
@@ -37,10 +39,10 @@ class Strain {
 }
 
 export abstract class SocketIO implements SocketOwner {
-  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, and the subclass's bits from SUBCLASS_FLAG. */
+  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, CORKED, and the subclass's bits from SUBCLASS_FLAG. */
   protected flags = 0
-  /** The TCP socket under the WebSocket while it is corked by write(). */
-  private corkedSocket: RawSocket | undefined
+  /** The TCP socket under the WebSocket once write() wrote to it in this turn (see uncork). */
+  private turnSocket: RawSocket | undefined
   private strain: Strain | undefined = undefined
   // Made on first read: an idle connection should cost no more heap than a bare ws socket (the
   // benchmark's memory scenario), and most connections never read it.
@@ -125,7 +127,7 @@ export abstract class SocketIO implements SocketOwner {
       this.shut(CLOSE.TRY_AGAIN_LATER, 'Slow consumer', 'slow consumer closed: replies not read', { bufferedAmount: buffered, bufferedTotal: this.rt.totals.buffered })
       return
     }
-    this.write(frame)
+    this.write(frame, false)
   }
 
   /**
@@ -145,7 +147,7 @@ export abstract class SocketIO implements SocketOwner {
       }
       return false
     }
-    return this.write(frame)
+    return this.write(frame, true)
   }
 
   /**
@@ -230,17 +232,22 @@ export abstract class SocketIO implements SocketOwner {
    * Writes a reply (its JSON) or a publication (a frame from textFrame()) if the socket is still open;
    * a closed socket is never written to. Frames go to the TCP socket directly when ws's sender is idle
    * (lib/socket.ts writesDirect), through ws.send otherwise (and under injectWS, which has no TCP socket).
+   *
+   * The socket is corked from the second frame of a turn on, or from the first when `corkFirst` (a
+   * publication, which a burst often follows): a reply alone in its turn, the common case of many
+   * peers with a request each, leaves at once, without the cork's buffering and second pass.
    */
-  protected write (frame: string | Buffer): boolean {
+  protected write (frame: string | Buffer, corkFirst: boolean): boolean {
     if (this.isClosed || this.socket.readyState !== OPEN) return false
-    let raw = this.corkedSocket
+    let raw = this.turnSocket
     if (raw === undefined) {
       raw = rawSocketOf(this.socket)
       if (raw !== undefined && !raw.destroyed) {
-        corkForTurn(raw, this)
-        this.corkedSocket = raw
+        joinTurn(this)
+        this.turnSocket = raw
+        if (corkFirst) this.cork(raw)
       } else raw = undefined
-    }
+    } else if ((this.flags & CORKED) === 0) this.cork(raw)
     if (raw !== undefined && writesDirect(this.socket)) raw.write(typeof frame === 'string' ? textFrame(frame) : frame)
     else this.socket.send(typeof frame === 'string' ? frame : payloadOf(frame), TEXT_FRAME)
     this.rt.stats.messagesOut++
@@ -248,11 +255,18 @@ export abstract class SocketIO implements SocketOwner {
     return true
   }
 
-  /** Flushes what write() corked (once per turn, or early at CORK_LIMIT bytes). */
+  private cork (raw: RawSocket): void {
+    raw.cork()
+    this.flags |= CORKED
+  }
+
+  /** Ends write()'s turn: flushes what it corked (once per turn, or early at CORK_LIMIT bytes). */
   uncork (): void {
-    const raw = this.corkedSocket
+    const raw = this.turnSocket
     if (raw === undefined) return
-    this.corkedSocket = undefined
+    this.turnSocket = undefined
+    if ((this.flags & CORKED) === 0) return
+    this.flags &= ~CORKED
     raw.uncork()
   }
 

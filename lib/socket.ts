@@ -261,17 +261,16 @@ export const BACKLOG = 64 * 1024
  * CORK_LIMIT bytes corked is flushed at once, so corking never holds more than that.
  */
 export const CORK_LIMIT = 64 * 1024
-const corked: SocketOwner[] = []
+const turn: SocketOwner[] = []
 
-function uncorkAll (): void {
-  for (const owner of corked) owner.uncork()
-  corked.length = 0
+function endTurn (): void {
+  for (const owner of turn) owner.uncork()
+  turn.length = 0
 }
 
-/** Corks `raw` until the end of this turn, when `owner.uncork()` is called. */
-export function corkForTurn (raw: RawSocket, owner: SocketOwner): void {
-  raw.cork()
-  if (corked.push(owner) === 1) process.nextTick(uncorkAll)
+/** Calls `owner.uncork()` at the end of this turn, for what it writes (and corks) until then. */
+export function joinTurn (owner: SocketOwner): void {
+  if (turn.push(owner) === 1) process.nextTick(endTurn)
 }
 
 // ---- frames written past ws's sender ------------------------------------------------------------

@@ -247,3 +247,38 @@ test("a 'message' listener the app added to the socket still sees every message 
   assert.deepEqual(seen, [51, 52])
   assert.equal(receiverReads.length, 1)
 })
+
+test('a frame alone in its turn is written at once; from the second frame of a turn on, or from a publication, the socket is corked until the turn ends', async (t) => {
+  const app = await build(t, {}, (app) => {
+    app.drizzle.resource('echo', {
+      async one () { return 1 },
+      async three (_message, ctx) {
+        // From a microtask, as most handlers write after an await: the turn ends once they are done.
+        await Promise.resolve()
+        ctx.connection.send('own', 1)
+        ctx.connection.send('own', 2)
+        return 3
+      }
+    })
+    app.drizzle.topic('news')
+  })
+  const client = await connect(t, await listen(app))
+  await client.request('$topic', 'subscribe', { topic: 'news' })
+  const server = [...app.websocketServer.clients][0] as WebSocket
+  const raw = (server as unknown as { _socket: { cork (): void, uncork (): void, write (chunk: Buffer): boolean } })._socket
+  const calls: string[] = []
+  for (const name of ['cork', 'uncork', 'write'] as const) {
+    const original = raw[name] as (...args: unknown[]) => unknown
+    raw[name] = function (this: unknown, ...args: unknown[]) { calls.push(name); return original.apply(this, args) } as never
+  }
+  assert.equal((await client.request('echo', 'one')).data, 1)
+  assert.deepEqual(calls, ['write'], 'a lone reply is not corked')
+  calls.length = 0
+  assert.equal((await client.request('echo', 'three')).data, 3)
+  assert.deepEqual(calls, ['write', 'cork', 'write', 'write', 'uncork'])
+  assert.deepEqual(client.publications('own').map(f => f.data), [1, 2])
+  calls.length = 0
+  await app.drizzle.publish('news', { n: 1 })
+  await client.waitFor(f => f.topic === 'news')
+  assert.deepEqual(calls, ['cork', 'write', 'uncork'], 'a publication corks from its first frame')
+})

@@ -29,8 +29,9 @@ export class Deadlines<T extends DeadlineEntry> {
     this.interval = Math.min(1000, Math.max(5, Math.floor(shortestLimit / 10)))
   }
 
-  add (entry: T, limit: number): void {
-    entry.deadline = performance.now() + limit
+  /** `now`: performance.now() if the caller has just read it (it costs about as much as the rest). */
+  add (entry: T, limit: number, now = performance.now()): void {
+    entry.deadline = now + limit
     entry.tracked = true
     entry.prevDeadline = this.tail
     entry.nextDeadline = undefined

@@ -144,7 +144,10 @@ const OPTIONS = {
    * clients) and same-origin browsers (Origin host equals Host). `'*'` allows any origin.
    */
   allowedOrigins: option({ resolve: checkOrigins }),
-  /** Milliseconds `fastify.close()` waits for actions in flight before closing sockets with 1001. */
+  /**
+   * Milliseconds `fastify.close()` waits for actions in flight before closing sockets with 1001, and at
+   * most as long again for their presence members to be removed before the broker closes.
+   */
   closeGracePeriod: option({ default: 5_000, resolve: integer(0) }),
   /** Options for @fastify/websocket's `ws` server, used only when this plugin registers it. */
   websocket: option({ default: Object.freeze({}), resolve: checkWebsocket }),

@@ -82,6 +82,8 @@ async function drizzlePlugin (fastify: FastifyInstance, input: DrizzleOptions): 
   fastify.addHook('onClose', async () => {
     rt.runner.close()
     rt.metrics?.close()
+    // The sockets closed in preClose: their members leave before the broker goes away under them.
+    await rt.presence.drain(rt.options.closeGracePeriod)
     if (options.closeBroker) await rt.broker.close()
   })
 }

@@ -13,6 +13,8 @@ import { checkTopic, type DeclaredTopic, type Peer, type Subscriptions, type Top
 export interface PresenceHost {
   readonly broker: Broker
   readonly log: FastifyBaseLogger
+  /** Set when shutdown began: failed removals are then counted for one line, not logged each. */
+  readonly closing: boolean
   readonly patterns: TopicPatterns
   readonly subscriptions: Subscriptions
   topicProblem (topic: unknown): string | undefined
@@ -58,6 +60,11 @@ export class PresenceTracker {
   private readonly settings = new Map<DeclaredTopic, PresenceSettings>()
   /** Presence topics each local connection joined; a connection is removed with its last one. */
   private readonly joined = new Map<Peer, Map<string, Membership>>()
+  /** Removals from the broker still running: shutdown waits for them before the broker closes. */
+  private readonly removals = new Set<Promise<void>>()
+  /** Removals that failed since shutdown began, and the first one's error: drain() reports them together. */
+  private failedAtShutdown = 0
+  private shutdownError: unknown
 
   constructor (private readonly rt: PresenceHost) {}
 
@@ -158,9 +165,35 @@ export class PresenceTracker {
     topics.delete(topic)
     if (topics.size === 0) this.joined.delete(conn)
     if (membership.announced) this.rt.subscriptions.deliver(topic, JSON.stringify(membership.member), LEAVE_EVENT)
-    this.backend().leave(topic, membership.member, membership.events).catch(err => {
-      this.rt.log.warn({ err, topic }, 'presence: could not remove a member now; it expires with this instance')
-    })
+    const removal: Promise<void> = this.backend().leave(topic, membership.member, membership.events)
+      .catch(err => this.removalFailed(err, topic))
+      .finally(() => { this.removals.delete(removal) })
+    this.removals.add(removal)
+  }
+
+  /**
+   * Shutdown, once every socket closed and before the broker does: waits at most `ms` for the removals
+   * still running (the broker closing under them would fail each one), then logs in one line how many
+   * members could not be removed, instead of one line per member of a broker that is going away.
+   */
+  async drain (ms: number): Promise<void> {
+    if (this.removals.size > 0) await settledWithin(Promise.all(this.removals), ms)
+    // Removals still running are counted now; their failure, later, is not logged again.
+    const members = this.failedAtShutdown + this.removals.size
+    const err = this.shutdownError
+    this.failedAtShutdown = 0
+    this.shutdownError = undefined
+    if (members === 0) return
+    this.rt.log.warn({ members, pending: this.removals.size, err }, `presence: could not remove ${members} ${members === 1 ? 'member' : 'members'} at shutdown; they expire with this instance`)
+  }
+
+  /** Outside shutdown a failed removal is news of its own; during it, one of a batch drain() reports. */
+  private removalFailed (err: unknown, topic: string): void {
+    if (this.rt.closing) {
+      if (this.failedAtShutdown++ === 0) this.shutdownError = err
+      return
+    }
+    this.rt.log.warn({ err, topic }, 'presence: could not remove a member now; it expires with this instance')
   }
 
   /** A closed connection leaves every presence topic it was in. */
@@ -191,4 +224,12 @@ export class PresenceTracker {
     if (presence === undefined) throw new BrokerUnsupportedError(this.rt.broker.name, 'presence', '(any)')
     return presence
   }
+}
+
+/** Resolves when `promise` settles or `ms` passed, whichever comes first, and leaves no timer behind. */
+function settledWithin (promise: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise(resolve => {
+    const timer = setTimeout(resolve, ms)
+    promise.then(() => { clearTimeout(timer); resolve() }, () => { clearTimeout(timer); resolve() })
+  })
 }

@@ -6,6 +6,7 @@ import { redisBroker, type RedisBrokerOptions } from '../lib/brokers/redis.js'
 import { amqpBroker, type AmqpBrokerOptions } from '../lib/brokers/amqp.js'
 import type { Broker } from '../lib/brokers/types.js'
 import { backoffDelay } from '../lib/brokers/backoff.js'
+import { backoffDelay as clientBackoffDelay } from '../lib/client/backoff.js'
 import { MAX_TOPIC_LENGTH, checkTopic as brokerTopicRule } from '../lib/brokers/topic.js'
 import { ConnectionState, TimeoutError, withTimeout } from '../lib/brokers/toolkit.js'
 import { readOptions, positiveInteger, withDefault } from '../lib/brokers/options.js'
@@ -56,6 +57,17 @@ test('backoff: every delay is a whole number in [0, min(maxDelay, baseDelay * 2^
       const ceiling = Math.min(maxDelay, baseDelay * 2 ** Math.min(attempt, 30))
       return Number.isInteger(delay) && delay >= 0 && delay < ceiling
     }
+  ), { numRuns: 2000 })
+})
+
+test('backoff: the client\'s copy (its bundle may import only lib/client/) draws the same delays', () => {
+  fc.assert(fc.property(
+    fc.oneof(fc.integer({ min: -5, max: 100 }), fc.constantFrom(Number.NaN, Number.POSITIVE_INFINITY, 2.7)),
+    fc.integer({ min: 1, max: 10_000 }),
+    fc.integer({ min: 1, max: 600_000 }),
+    fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+    (attempt, baseDelay, maxDelay, draw) =>
+      clientBackoffDelay(attempt, baseDelay, maxDelay, () => draw) === backoffDelay(attempt, baseDelay, maxDelay, () => draw)
   ), { numRuns: 2000 })
 })
 

@@ -322,6 +322,58 @@ test('client: a gap left by the drop slow-consumer policy is detected and healed
   assert.ok(received.recoveries.every(r => r.recovered))
 })
 
+test('client: a history re-subscription the server keeps failing asks again with a doubling backoff, reset by a reply', async t => {
+  // Math.random held near 1 makes every full-jitter delay its ceiling: 499, 999, 1998 ms after 1, 2, 3
+  // failures in a row. Times are measured where authorize runs; a loaded machine only lengthens the
+  // gaps, so they are asserted from below, and the one bound from above has seconds to spare.
+  t.mock.method(Math, 'random', () => 0.999)
+  const calls: number[] = []
+  let failing = 3
+  const app = await build(t, {}, app => {
+    app.drizzle.topic('flaky/:id', {
+      history: { size: 100 },
+      authorize: () => {
+        calls.push(performance.now())
+        if (failing === 0) return true
+        failing--
+        throw new Error('overloaded')   // a 500: transient, so a subscription with a position asks again
+      }
+    })
+  })
+  const url = await listen(app)
+  const { epoch } = await app.drizzle.position('flaky/1')
+  const client = clientOf(t, url)
+  const errors: Array<number | undefined> = []
+  client.on('error', err => errors.push(err.statusCode))
+  const received = follow(client, 'flaky/1', { since: { offset: 0, epoch } })
+  await received.ready
+  assert.equal(calls.length, 4, 'three failures, then the reply')
+  assert.deepEqual(errors, [500, 500, 500])
+  const gaps = spacing(calls)
+  for (const [i, ceiling] of [499, 999, 1998].entries()) {
+    assert.ok((gaps[i] as number) >= ceiling - 5, `retry ${i + 1} waited ${gaps[i] as number} ms, at least its ${ceiling} ms backoff`)
+  }
+  // A fixed 250-500 ms delay would have asked 7 times or more over these 3.5 s instead of 4.
+
+  // The reply reset the count: after a reconnect whose renewal fails once, the retry waits one base
+  // delay (499 ms), not the 3,996 ms a fourth failure in a row would have waited.
+  failing = 1
+  const reopened = new Promise(resolve => client.on('open', resolve))
+  for (const conn of app.drizzle.connections) conn.close(1012, 'restart')
+  await reopened
+  await waitFor('the renewal failed once, then asked again', () => calls.length === 6, 20_000)
+  const reset = (calls[5] as number) - (calls[4] as number)
+  assert.ok(reset >= 494, `the retry after a reset waited ${reset} ms, at least the base backoff`)
+  assert.ok(reset < 3500, `the retry after a reset waited ${reset} ms, far less than a fourth failure's 3,996 ms`)
+  await app.drizzle.publish('flaky/1', { n: 1 })
+  await waitFor('live after the retry', () => received.offsets.length === 1)
+})
+
+/** The time between consecutive entries of `times`. */
+function spacing (times: number[]): number[] {
+  return times.slice(1).map((time, i) => time - (times[i] as number))
+}
+
 function range (from: number, count: number): number[] {
   return Array.from({ length: count }, (_, i) => from + i)
 }

@@ -4,13 +4,14 @@ import { execFile, fork, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
+import { Writable } from 'node:stream'
 import { promisify } from 'node:util'
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import WebSocket from 'ws'
-import drizzle, { type Broker, type DrizzleOptions } from '../lib/index.js'
+import drizzle, { memoryBroker, type Broker, type DrizzleOptions } from '../lib/index.js'
 import { Parser } from '@asyncapi/parser'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { DrizzleClient, type PresenceMember } from '../lib/client/index.js'
@@ -541,6 +542,83 @@ test('redis: joins and leaves made while Redis was away are applied when it is b
     const [ua, ub] = await Promise.all([users(a), users(b)]).catch(() => [[], []])
     return JSON.stringify(ua) === JSON.stringify(['a1', 'b1', 'b2']) && JSON.stringify(ub) === JSON.stringify(ua)
   }, 15_000)
+})
+
+// ---- shutdown ---------------------------------------------------------------------------------------
+
+const REMOVAL_FAILED = 'presence: could not remove a member now; it expires with this instance'
+const SHUTDOWN_SUMMARY = /^presence: could not remove \d+ members? at shutdown; they expire with this instance$/
+
+/** An app whose log lines (pino's JSON, through a destination stream) are kept in `lines`. */
+async function loggedApp (t: TestContext, options: DrizzleOptions): Promise<App & { lines: Array<Record<string, any>> }> {
+  const lines: Array<Record<string, any>> = []
+  const stream = new Writable({
+    write (chunk, _encoding, done) {
+      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
+      done()
+    }
+  })
+  const app = Fastify({ logger: { level: 'warn', stream } })
+  await app.register(drizzle, { heartbeatInterval: 0, closeGracePeriod: 5000, ...options })
+  app.drizzle.topic('rooms/:id', { presence: true })
+  t.after(() => app.close())
+  return { app, url: await listen(app), lines }
+}
+
+async function members (t: TestContext, url: string, count: number, topic: string): Promise<TestClient[]> {
+  const clients: TestClient[] = []
+  for (let i = 0; i < count; i++) clients.push(await connect(t, url))
+  await Promise.all(clients.map(c => subscribe(c, topic)))
+  return clients
+}
+
+test('shutdown: members leave before the broker closes, even when their removal is slow', async t => {
+  // A broker of the app's own whose removals take a while and fail once it is closed, as a real one
+  // going away does: closing it under removals still running would fail every one of them.
+  const inner = memoryBroker()
+  const presence = inner.presence as NonNullable<Broker['presence']>
+  let closed = false
+  let removed = 0
+  const broker: Broker = {
+    ...inner,
+    presence: {
+      ...presence,
+      async leave (topic, member, announce) {
+        await new Promise(resolve => setTimeout(resolve, 50))
+        if (closed) throw new Error('broker closed')
+        await presence.leave(topic, member, announce)
+        removed++
+      }
+    },
+    async close () { closed = true; await inner.close() }
+  }
+  const { app, url, lines } = await loggedApp(t, { broker })
+  await members(t, url, 30, 'rooms/d')
+  await app.close()
+  assert.equal(removed, 30, 'every member was removed before the broker closed')
+  assert.deepEqual(lines.filter(l => String(l.msg).startsWith('presence:')), [])
+})
+
+test('redis: at shutdown with Redis away, the members not removed are one warning with their count; a failure before it is one line as always', { skip: await hasCommand('redis-server') ? false : 'redis-server is not installed', timeout: 60_000 }, async t => {
+  const port = await freePort()
+  const server = await startRedisServer(port)
+  t.after(() => killServer(server))
+  const { app, url, lines } = await loggedApp(t, { broker: redisBroker({ url: `redis://127.0.0.1:${port}`, prefix: prefixFor(), commandTimeout: 200 }) })
+  const count = 40
+  const clients = await members(t, url, count, 'rooms/s')
+  assert.equal((await app.drizzle.presence('rooms/s')).length, count)
+  await killServer(server)
+  const perMember = () => lines.filter(l => l.msg === REMOVAL_FAILED)
+  // Outside shutdown, a removal that failed is news of its own, with its topic.
+  await (clients[0] as TestClient).request('$topic', 'unsubscribe', { topic: 'rooms/s' })
+  await waitFor('the failed removal logged', () => perMember().length === 1, 10_000)
+  assert.equal(perMember()[0]?.topic, 'rooms/s')
+  await app.close()
+  assert.equal(perMember().length, 1, 'shutdown logged no line per member')
+  const summaries = lines.filter(l => SHUTDOWN_SUMMARY.test(String(l.msg)))
+  assert.equal(summaries.length, 1, 'one line for the batch')
+  assert.equal(summaries[0]?.level, 40, 'at warn')
+  assert.equal(summaries[0]?.members, count - 1, 'the members not removed, counted')
 })
 
 // ---- bounded memory -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 //   connecting --attempt failed--> reconnecting          any state --close() or gave up--> closed
 import { DrizzleClientError, describeError } from './errors.js'
 import { noop, type Emitter } from './emitter.js'
+import { backoffDelay } from './backoff.js'
 import type { ConnectionSettings } from './options.js'
 import type { ClientEvents, ClientState, ConnectOption, ConnectTarget, WebSocketLike } from './types.js'
 
@@ -170,10 +171,8 @@ export class ClientConnection {
       this.stop(`Disconnected and ${why}`)
       return false
     }
-    // Full jitter: random(0, min(cap, base * 2^attempt)) spreads a crowd of clients that lost the
-    // same server, instead of having them all come back in the same instant.
-    const ceiling = Math.min(backoff.maxDelay, backoff.baseDelay * 2 ** this.failures)
-    const delay = Math.floor(Math.random() * ceiling)
+    // The ceiling starts at baseDelay for a socket that was open, and doubles with each failed attempt.
+    const delay = backoffDelay(this.failures, backoff.baseDelay, backoff.maxDelay)
     this.currentState = 'reconnecting'
     this.reconnectTimer = setTimeout(() => { this.reconnectTimer = undefined; this.connect() }, delay)
     this.events.emit('reconnect', { attempt: this.failures + 1, delay })

@@ -5,6 +5,7 @@ import { DrizzleClientError, isClientError, withTopic } from './errors.js'
 import { callSafely, noop, type Emitter } from './emitter.js'
 import type { Link, PendingRequests } from './requests.js'
 import { TopicCursor } from './history.js'
+import { backoffDelay } from './backoff.js'
 import type { ClientEvents, PresenceEvent, PresenceListener, PresenceMember, Publication, SubscribeOptions, TopicListener, Unsubscribe } from './types.js'
 
 const TOPIC_RESOURCE = '$topic'
@@ -21,6 +22,8 @@ interface TopicState {
   readonly ready: Promise<void>
   /** Resolves `ready`, or rejects it with `error`; only the first call counts. */
   setReady: (error?: unknown) => void
+  /** Consecutive subscribes the server failed transiently: the next retry waits longer. A reply resets it. */
+  failures: number
 }
 
 export class ClientTopics {
@@ -28,8 +31,8 @@ export class ClientTopics {
   private readonly listeners = new Map<string, Set<TopicListener<any>>>()
   /** Per topic, the tail of its $topic requests: a subscribe and a later unsubscribe never overtake each other. */
   private readonly topicOps = new Map<string, Promise<unknown>>()
-  /** Timers of history re-subscriptions to ask again (see retryLater). */
-  private readonly retries = new Set<ReturnType<typeof setTimeout>>()
+  /** Per subscription, the timer of its history re-subscription waiting to ask again (see retryLater). */
+  private readonly retries = new Map<TopicState, ReturnType<typeof setTimeout>>()
 
   constructor (
     private readonly link: Pick<Link, 'state'>,
@@ -111,7 +114,7 @@ export class ClientTopics {
 
   /** The client stopped for good: every unconfirmed subscription rejects its `ready`. */
   failAll (why: string): void {
-    for (const timer of this.retries) clearTimeout(timer)
+    for (const timer of this.retries.values()) clearTimeout(timer)
     this.retries.clear()
     for (const [topic, state] of this.topics) state.setReady(new DrizzleClientError('disconnect', why, { topic }))
   }
@@ -120,6 +123,7 @@ export class ClientTopics {
     state.cursor.onRecovery.delete(listener)
     if (!state.listeners.delete(listener) || state.listeners.size > 0 || this.topics.get(topic) !== state) return
     this.topics.delete(topic)
+    this.cancelRetry(state)
     state.setReady(new DrizzleClientError('disconnect', 'Unsubscribed before the server confirmed', { topic }))
     // A closed connection already dropped the server-side subscription: only an open one needs telling.
     if (this.link.state !== 'open') return
@@ -129,8 +133,11 @@ export class ClientTopics {
   }
 
   private sendSubscribe (topic: string, state: TopicState): void {
+    // Asking now (a reconnect renews, a gap heals) makes a retry still waiting redundant.
+    this.cancelRetry(state)
     const data = state.cursor.request()
     this.topicOp(topic, () => this.requests.add(TOPIC_RESOURCE, 'subscribe', data)).then(reply => {
+      state.failures = 0
       state.setReady()
       const gap = state.cursor.replied(reply, data.since, deliverTo(state))
       if (gap && this.link.state === 'open' && this.topics.get(topic) === state) this.sendSubscribe(topic, state)
@@ -143,6 +150,7 @@ export class ClientTopics {
         // A history subscription the server could not renew now (its broker away, or slow): giving
         // up would lose publications silently, so it asks again a little later.
         this.events.emit('error', error)
+        state.failures++
         this.retryLater(topic, state)
         return
       }
@@ -152,12 +160,25 @@ export class ClientTopics {
     })
   }
 
+  /**
+   * Asks again after a backoff that doubles with each consecutive failure of this subscription, up
+   * to RETRY_MAX_DELAY: a server failing because it is overloaded must not be asked faster the more
+   * clients wait on it (a fixed delay made ~27,000 subscribes/s in a soak).
+   */
   private retryLater (topic: string, state: TopicState): void {
+    const delay = backoffDelay(state.failures - 1, RETRY_BASE_DELAY, RETRY_MAX_DELAY)
     const timer = setTimeout(() => {
-      this.retries.delete(timer)
+      this.retries.delete(state)
       if (this.link.state === 'open' && this.topics.get(topic) === state) this.sendSubscribe(topic, state)
-    }, RETRY_MIN_MS + Math.floor(Math.random() * RETRY_MIN_MS))
-    this.retries.add(timer)
+    }, delay)
+    this.retries.set(state, timer)
+  }
+
+  private cancelRetry (state: TopicState): void {
+    const timer = this.retries.get(state)
+    if (timer === undefined) return
+    clearTimeout(timer)
+    this.retries.delete(state)
   }
 
   private topicOp (topic: string, op: () => Promise<unknown>): Promise<unknown> {
@@ -170,8 +191,15 @@ export class ClientTopics {
   }
 }
 
-/** Milliseconds before a failed history re-subscription asks again (plus as much at random). */
-const RETRY_MIN_MS = 250
+/**
+ * The backoff of a history re-subscription the server failed (full jitter, lib/client/backoff.ts):
+ * the first retry waits up to 500 ms (the fixed delay it replaced was 250-500 ms), each consecutive
+ * failure doubles that ceiling, up to 5 s. Not the reconnect settings: their 30 s ceiling would leave
+ * a subscription without publications long after the server is back (and `reconnect: false` has
+ * none), while a reconnect is not needed here, only the one request.
+ */
+const RETRY_BASE_DELAY = 500
+const RETRY_MAX_DELAY = 5000
 
 /** A timeout or a 5xx: the server may serve the same request a moment later. */
 function isTransient (error: DrizzleClientError): boolean {
@@ -190,5 +218,5 @@ function newTopicState (topic: string, since: SubscribeOptions['since']): TopicS
   })
   // Marks the promise handled: a refusal is also an `error` event, and awaiting `ready` is optional.
   ready.catch(noop)
-  return { listeners: new Set(), presence: new Set(), cursor: new TopicCursor(topic, since), ready, setReady }
+  return { listeners: new Set(), presence: new Set(), cursor: new TopicCursor(topic, since), ready, setReady, failures: 0 }
 }

@@ -20,8 +20,10 @@ const WATCHING_DRAIN = 2
 const COMPLETED_MESSAGE = 4
 /** Set while write() holds the TCP socket corked for the rest of the turn. */
 const CORKED = 8
+/** Set when several messages were read from one chunk, until the turn of their replies ends. */
+const BATCH = 16
 /** The bits from this one up are the subclass's (lib/connection.ts). */
-export const SUBCLASS_FLAG = 16
+export const SUBCLASS_FLAG = 32
 
 /**
  * What a socket holds only while strained: a backlog, unfinished incoming messages, streams waiting for
@@ -39,7 +41,7 @@ class Strain {
 }
 
 export abstract class SocketIO implements SocketOwner {
-  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, CORKED, and the subclass's bits from SUBCLASS_FLAG. */
+  /** CLOSED, WATCHING_DRAIN, COMPLETED_MESSAGE, CORKED, BATCH, and the subclass's bits from SUBCLASS_FLAG. */
   protected flags = 0
   /** The TCP socket under the WebSocket once write() wrote to it in this turn (see uncork). */
   private turnSocket: RawSocket | undefined
@@ -57,6 +59,8 @@ export abstract class SocketIO implements SocketOwner {
   protected get isClosed (): boolean { return (this.flags & CLOSED) !== 0 }
 
   messageCompleted (): void { this.flags |= COMPLETED_MESSAGE }
+
+  readBatch (): void { this.flags |= BATCH }
 
   /** Unique across processes (a UUID). */
   get id (): string { return (this.uuid ??= flatUuid()) }
@@ -234,8 +238,9 @@ export abstract class SocketIO implements SocketOwner {
    * (lib/socket.ts writesDirect), through ws.send otherwise (and under injectWS, which has no TCP socket).
    *
    * The socket is corked from the second frame of a turn on, or from the first when `corkFirst` (a
-   * publication, which a burst often follows): a reply alone in its turn, the common case of many
-   * peers with a request each, leaves at once, without the cork's buffering and second pass.
+   * publication, which a burst often follows) or when several requests were read together (their
+   * replies follow): a reply alone in its turn, the common case of many peers with a request each,
+   * leaves at once, without the cork's buffering and second pass.
    */
   protected write (frame: string | Buffer, corkFirst: boolean): boolean {
     if (this.isClosed || this.socket.readyState !== OPEN) return false
@@ -245,7 +250,7 @@ export abstract class SocketIO implements SocketOwner {
       if (raw !== undefined && !raw.destroyed) {
         joinTurn(this)
         this.turnSocket = raw
-        if (corkFirst) this.cork(raw)
+        if (corkFirst || (this.flags & BATCH) !== 0) this.cork(raw)
       } else raw = undefined
     } else if ((this.flags & CORKED) === 0) this.cork(raw)
     if (raw !== undefined && writesDirect(this.socket)) raw.write(typeof frame === 'string' ? textFrame(frame) : frame)
@@ -262,6 +267,7 @@ export abstract class SocketIO implements SocketOwner {
 
   /** Ends write()'s turn: flushes what it corked (once per turn, or early at CORK_LIMIT bytes). */
   uncork (): void {
+    this.flags &= ~BATCH
     const raw = this.turnSocket
     if (raw === undefined) return
     this.turnSocket = undefined

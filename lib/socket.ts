@@ -39,6 +39,8 @@ const kOwner = Symbol('fastify-drizzle.connection')
 /** What the transport asks of a raw socket's owner. */
 export interface SocketOwner {
   measureIncomplete (): void
+  /** Several messages came in one chunk: their replies will come in one turn, to be written together. */
+  readBatch (): void
   drained (): void
   uncork (): void
 }
@@ -124,8 +126,17 @@ function inWsSlot (name: string, wrap: (original: Listener) => Listener): (emitt
 }
 
 const slotOfWsData = inWsSlot('socketOnData', original => function (this: RawSocket, chunk: Buffer) {
-  const rest = readFrames(this, chunk)
+  messagesInChunk = 0
+  let rest: Buffer | undefined = chunk
+  // A frame begun in the previous chunk: ws gets just what it needs to finish it, then is idle again.
+  const need = bytesToFinish(this)
+  if (need > 0 && need < chunk.length) {
+    original.call(this, chunk.subarray(0, need))
+    rest = chunk.subarray(need)
+  }
+  rest = readFrames(this, rest)
   if (rest !== undefined) original.call(this, rest)
+  if (messagesInChunk > 1) ownerOfRaw(this)?.readBatch()
   onRawData.call(this)
 })
 const slotOfWsPong = inWsSlot('receiverOnPong', original => function (this: unknown, data: Buffer) {
@@ -159,12 +170,31 @@ export function heldBytes (socket: WebSocket): number | undefined {
 // ---- frames read past ws's receiver --------------------------------------------------------------
 
 /** What readFrames() checks of ws 8's receiver: it must hold nothing and deliver messages at once. */
-interface IdleReceiver extends Receiver { _fragmented: number, _maxPayload: number, _allowSynchronousEvents: boolean, _errored: boolean, writableLength: number }
+interface IdleReceiver extends Receiver { _fragmented: number, _maxPayload: number, _allowSynchronousEvents: boolean, _errored: boolean, _fin: boolean, _compressed: boolean, writableLength: number }
+
+/** Messages handed to connections since the current chunk of a TCP socket arrived. */
+let messagesInChunk = 0
 
 /** Whether ws's receiver is between messages with nothing held, so a whole frame may be read past it. */
 function receiverIdle (receiver: IdleReceiver | null | undefined): receiver is IdleReceiver {
   return receiver != null && receiver._state === 0 && receiver._bufferedBytes === 0 && receiver._fragmented === 0 &&
     receiver._allowSynchronousEvents && !receiver._errored && receiver.writableLength === 0
+}
+
+/**
+ * How many bytes ws's receiver needs to finish the frame whose header it read from an earlier chunk,
+ * when that frame is a whole message ws will deliver at once (final, unfragmented, uncompressed text
+ * or binary); 0 otherwise. A peer sending many requests at once has its frames cut at chunk
+ * boundaries: past the cut ws reads only the rest of that frame, and the frames after it are read here.
+ */
+function bytesToFinish (raw: RawSocket): number {
+  const socket = wsLink == null ? undefined : raw[wsLink] as WebSocket | undefined
+  const receiver = (socket as { _receiver?: IdleReceiver | null } | undefined)?._receiver
+  if (receiver == null || receiver._fragmented !== 0 || !receiver._fin || receiver._compressed || receiver._opcode === 0 || receiver._opcode > 2 ||
+    !receiver._allowSynchronousEvents || receiver._errored || receiver.writableLength !== 0) return 0
+  if (receiver._state === GET_DATA) return receiver._payloadLength - receiver._bufferedBytes
+  if (receiver._state === GET_MASK) return 4 - receiver._bufferedBytes + receiver._payloadLength
+  return 0
 }
 
 /**
@@ -366,6 +396,7 @@ function onMessage (this: WebSocket, raw: Buffer, isBinary: boolean): void {
 
 /** A complete message, from ws's receiver or from readFrames(). */
 function deliver (conn: FrameOwner & SocketOwner, raw: Buffer, isBinary: boolean): void {
+  messagesInChunk++
   conn.messageCompleted()
   try {
     conn.handleFrame(raw, isBinary)

@@ -282,3 +282,29 @@ test('a frame alone in its turn is written at once; from the second frame of a t
   await client.waitFor(f => f.topic === 'news')
   assert.deepEqual(calls, ['cork', 'write', 'uncork'], 'a publication corks from its first frame')
 })
+
+test('a frame begun in one chunk: ws reads only the rest of it from the next, and the frames after it are read past ws', async (t) => {
+  const { client, write, receiverReads, server } = await rawPeer(t)
+  const first = masked(envelope(61, 40))
+  const cut = 30 // inside the payload
+  write(first.subarray(0, cut))
+  const receiver = (server as unknown as { _receiver: { _bufferedBytes: number } })._receiver
+  // Loopback TCP hands a small write over whole: wait until ws holds the start of the frame.
+  while (receiver._bufferedBytes === 0) await sleep(2)
+  write(Buffer.concat([first.subarray(cut), masked(envelope(62)), masked(envelope(63))]))
+  assert.deepEqual((await replies(client, [61, 62, 63])).map(f => f.request_id), [61, 62, 63])
+  assert.deepEqual(receiverReads, [cut, first.length - cut], 'ws read the start of the frame, then exactly its rest')
+})
+
+test('several requests read in one chunk have their replies corked and written together', async (t) => {
+  const { client, write, server } = await rawPeer(t)
+  const raw = (server as unknown as { _socket: { cork (): void, write (chunk: Buffer): boolean } })._socket
+  const calls: string[] = []
+  for (const name of ['cork', 'write'] as const) {
+    const original = raw[name] as (...args: unknown[]) => unknown
+    raw[name] = function (this: unknown, ...args: unknown[]) { calls.push(name); return original.apply(this, args) } as never
+  }
+  write(Buffer.concat([masked(envelope(71)), masked(envelope(72)), masked(envelope(73))]))
+  assert.deepEqual((await replies(client, [71, 72, 73])).map(f => f.request_id), [71, 72, 73])
+  assert.deepEqual(calls, ['cork', 'write', 'write', 'write'])
+})

@@ -308,3 +308,14 @@ test('several requests read in one chunk have their replies corked and written t
   assert.deepEqual((await replies(client, [71, 72, 73])).map(f => f.request_id), [71, 72, 73])
   assert.deepEqual(calls, ['cork', 'write', 'write', 'write'])
 })
+
+test('a frame finished by ws that is not UTF-8 closes with 1007, and nothing after it in the chunk runs', async (t) => {
+  const { client, write, ran, server } = await rawPeer(t)
+  const bad = masked(Buffer.concat([Buffer.from('{"x":"'), Buffer.from([0xff, 0xfe]), Buffer.from('"}')]))
+  write(bad.subarray(0, 8))
+  const receiver = (server as unknown as { _receiver: { _bufferedBytes: number } })._receiver
+  while (receiver._bufferedBytes === 0) await sleep(2)
+  write(Buffer.concat([bad.subarray(8), masked(envelope(81))]))
+  assert.equal(await client.closed, 1007)
+  assert.deepEqual(ran.slice(1), [], 'the frame after the bad one did not run')
+})

@@ -319,3 +319,25 @@ test('a frame finished by ws that is not UTF-8 closes with 1007, and nothing aft
   assert.equal(await client.closed, 1007)
   assert.deepEqual(ran.slice(1), [], 'the frame after the bad one did not run')
 })
+
+test("when ws's own 'data' listener is not alone (an app listener before the upgrade), the plugin listens itself and ws reads every frame", async (t) => {
+  let seen = 0
+  const app = await build(t, {}, (app) => {
+    app.drizzle.resource('echo', { async back (message) { return message.data } })
+    // Before the upgrade: it stays on the socket beside ws's socketOnData.
+    app.addHook('onRequest', async (request) => { request.raw.socket.on('data', () => { seen++ }) })
+  })
+  const client = await connect(t, await listen(app))
+  const server = [...app.websocketServer.clients][0] as WebSocket
+  const raw = (server as unknown as { _socket: { listeners (event: string): Function[] } })._socket
+  const names = raw.listeners('data').map(listener => listener.name)
+  assert.ok(names.includes('socketOnData'), "ws's listener is in place, not wrapped")
+  assert.ok(names.includes('onRawData'), "the plugin's own listener measures what ws holds")
+  const receiver = (server as unknown as { _receiver: { write: (chunk: Buffer) => boolean } })._receiver
+  let reads = 0
+  const write = receiver.write
+  receiver.write = function (this: unknown, chunk: Buffer) { reads++; return write.call(this, chunk) }
+  assert.deepEqual((await client.request('echo', 'back', { n: 1 })).data, { n: 1 })
+  assert.ok(reads >= 1, 'ws read the frame')
+  assert.ok(seen >= 1)
+})

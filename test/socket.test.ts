@@ -341,3 +341,50 @@ test("when ws's own 'data' listener is not alone (an app listener before the upg
   assert.ok(reads >= 1, 'ws read the frame')
   assert.ok(seen >= 1)
 })
+
+test('the same random stream of frames, cut at random points, is answered alike with frames read past ws and with ws reading all', async (t) => {
+  const direct = await rawPeer(t)
+  const viaWs = await rawPeer(t)
+  // A second 'message' listener: the plugin then leaves every frame to ws (see the test above).
+  viaWs.server.on('message', () => {})
+  let seed = 20261202
+  const random = (): number => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31
+  const frames: Buffer[] = []
+  const ids: number[] = []
+  for (let i = 0; i < 300; i++) {
+    const id = 5000 + i
+    const text = envelope(id, Math.floor(random() * 120))
+    const kind = random()
+    if (kind < 0.1) {
+      frames.push(masked('ping ' + i, { opcode: 9 }))
+      continue
+    }
+    ids.push(id)
+    if (kind < 0.2) {
+      const cut = 1 + Math.floor(random() * (text.length - 2))
+      frames.push(masked(text.slice(0, cut), { fin: false }), masked(text.slice(cut), { opcode: 0 }))
+    } else if (kind < 0.25) frames.push(masked(text, { bits: 64 }))
+    else if (kind < 0.35) frames.push(masked(text, { opcode: 2 }))
+    else frames.push(masked(text))
+  }
+  // A simple frame first, on its own: read past ws on one side whatever the chunks that follow.
+  const first = masked(envelope(4999))
+  direct.write(first)
+  viaWs.write(first)
+  await Promise.all([direct.client.reply(4999), viaWs.client.reply(4999)])
+  const bytes = Buffer.concat(frames)
+  for (let at = 0; at < bytes.length;) {
+    const next = Math.min(bytes.length, at + 1 + Math.floor(random() * 700))
+    direct.write(bytes.subarray(at, next))
+    viaWs.write(bytes.subarray(at, next))
+    at = next
+    if (random() < 0.2) await sleep(1)
+  }
+  const answer = (f: Frame): unknown => [f.request_id, f.data?.id, f.data?.pad]
+  const got = (await replies(direct.client, ids)).map(answer)
+  assert.deepEqual(got.map(a => (a as unknown[])[0]), ids, 'every request answered once, in order')
+  assert.deepEqual(got, (await replies(viaWs.client, ids)).map(answer))
+  const total = first.length + bytes.length
+  assert.ok(direct.receiverReads.reduce((a, b) => a + b, 0) <= total - first.length, "frames were read past ws's receiver")
+  assert.equal(viaWs.receiverReads.reduce((a, b) => a + b, 0), total, 'ws read every byte')
+})

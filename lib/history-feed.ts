@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { BrokerHistory, HistoryPolicy, HistoryRead } from './brokers/types.js'
 import { encodePublicationJson } from './protocol.js'
-import { textFrame } from './socket.js'
+import { textFrame } from './frames.js'
 import type { Subscriber } from './topics.js'
 
 // One history topic as this process serves it: the last offset delivered to its local subscribers,

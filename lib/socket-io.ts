@@ -2,7 +2,8 @@ import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Runtime } from './runtime.js'
-import { BACKLOG, CLOSE, CORK_LIMIT, joinTurn, flatUuid, heldBytes, OPEN, onRawDrain, payloadOf, rawSocketOf, textFrame, writesDirect, type RawSocket, type SocketOwner } from './socket.js'
+import { payloadOf, textFrame, writesDirect } from './frames.js'
+import { BACKLOG, CLOSE, CORK_LIMIT, flatUuid, heldBytes, joinTurn, OPEN, onRawDrain, rawSocketOf, type RawSocket, type SocketOwner } from './socket.js'
 
 // The bytes of one WebSocket, in and out: write coalescing, both backpressure rules (publications at
 // maxBufferedBytes, replies at twice that), this socket's shares of the server-wide totals (bytes

@@ -4,7 +4,7 @@ import type { DrizzleConnection } from './context.js'
 import { InvalidTopicError, DuplicateTopicError, describe } from './errors.js'
 import { checkTopic } from './brokers/topic.js'
 import { encodePublicationJson } from './protocol.js'
-import { textFrame } from './socket.js'
+import { textFrame } from './frames.js'
 
 export const ALL_TOPIC = '__all__'
 

@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Broker, PublishOptions } from './brokers/types.js'
 import { InvalidOptionError, InvalidUserError, describe } from './errors.js'
 import { encodePublicationJson } from './protocol.js'
-import { textFrame } from './socket.js'
+import { textFrame } from './frames.js'
 
 // Users (README "Presence"): `identify(request)` names the user of each connection; publishToUser
 // and disconnectUser reach every connection of a user on every instance. Across processes they

@@ -4,7 +4,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { HistoryRead } from '../lib/brokers/types.js'
 import { Feed } from '../lib/history-feed.js'
 import type { Subscriber } from '../lib/topics.js'
-import { payloadOf } from '../lib/socket.js'
+import { payloadOf } from '../lib/frames.js'
 import { waitFor } from './helpers/redis.js'
 
 // A feed whose read of history failed (its broker too slow or away) reads again by itself, with a

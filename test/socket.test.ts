@@ -4,40 +4,12 @@ import websocket from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type WebSocket from 'ws'
 import drizzle, { type DrizzleOptions } from '../lib/index.js'
-import { payloadOf, textFrame, writesDirect } from '../lib/socket.js'
+import { writesDirect } from '../lib/frames.js'
 import { build, connect, inject, listen, sleep, type Frame, type TestClient } from './helpers/client.js'
 
-// lib/socket.ts: frames the plugin writes to the TCP socket itself, past ws's sender, and when it must
-// not. Every size class of the length field, multi-byte UTF-8, and a peer with permessage-deflate.
-
-/** Decodes an unmasked server frame as RFC 6455 section 5.2 lays it out. */
-function decode (frame: Buffer): { fin: boolean, opcode: number, masked: boolean, payload: string } {
-  const marker = frame[1] as number
-  let length = marker & 0x7f
-  let offset = 2
-  if (length === 126) { length = frame.readUInt16BE(2); offset = 4 } else if (length === 127) { length = Number(frame.readBigUInt64BE(2)); offset = 10 }
-  assert.equal(frame.length, offset + length, 'the frame holds exactly its declared payload')
-  return { fin: (frame[0] as number) >> 7 === 1, opcode: (frame[0] as number) & 0x0f, masked: marker >> 7 === 1, payload: frame.subarray(offset).toString('utf8') }
-}
-
-test('textFrame: one final text frame, unmasked, at every boundary of the length field', () => {
-  for (const size of [0, 1, 125, 126, 127, 65535, 65536, 70000]) {
-    const payload = 'x'.repeat(size)
-    const frame = textFrame(payload)
-    const decoded = decode(frame)
-    assert.deepEqual({ fin: decoded.fin, opcode: decoded.opcode, masked: decoded.masked }, { fin: true, opcode: 1, masked: false }, `size ${size}`)
-    assert.equal(decoded.payload, payload, `size ${size}`)
-    assert.equal(payloadOf(frame).toString(), payload, `size ${size}`)
-  }
-})
-
-test('textFrame: the length counts UTF-8 bytes, not characters', () => {
-  // 42 characters of 3 bytes (126 bytes: the 16-bit length) and a 4-byte emoji.
-  const payload = '€'.repeat(42) + '😀'
-  const decoded = decode(textFrame(payload))
-  assert.equal(decoded.payload, payload)
-  assert.equal(textFrame(payload)[1], 126)
-})
+// lib/socket.ts: frames the plugin writes to the TCP socket itself, past ws's sender, and reads past ws's
+// receiver, and when it must not: real sockets, hand-made frames cut at every kind of boundary, and a
+// peer with permessage-deflate. The bytes of frames themselves: test/frames.test.ts.
 
 /** An app whose `echo/size` action answers `n` characters, and which publishes `n` characters on `big`. */
 async function sized (app: FastifyInstance): Promise<void> {

@@ -85,7 +85,7 @@ function ownerOfRaw (raw: RawSocket): SocketOwner | undefined {
   return (raw[wsLink] as OwnedSocket | undefined)?.[kConnection]
 }
 
-/** Called after ws's own 'data' listener: by then the chunk is parsed and what remains is unfinished. */
+/** After ws's own 'data' listener, when it is not wrapped (see slotOfWsData): what ws holds is unfinished. */
 function onRawData (this: RawSocket): void { ownerOfRaw(this)?.measureIncomplete() }
 
 /** After ws's receiver has emitted a pong on the WebSocket. */
@@ -127,18 +127,25 @@ function inWsSlot (name: string, wrap: (original: Listener) => Listener): (emitt
 }
 
 const slotOfWsData = inWsSlot('socketOnData', original => function (this: RawSocket, chunk: Buffer) {
+  const socket = wsLink == null ? undefined : this[wsLink] as OwnedSocket | undefined
+  const receiver = receiverOf(socket)
   messagesInChunk = 0
   let rest: Buffer | undefined = chunk
-  // A frame begun in the previous chunk: ws gets just what it needs to finish it, then is idle again.
-  const need = bytesToFinish(this)
-  if (need > 0 && need < chunk.length) {
-    original.call(this, chunk.subarray(0, need))
-    rest = chunk.subarray(need)
+  if (socket !== undefined && receiver != null) {
+    // A frame begun in the previous chunk: ws gets just what it needs to finish it, then is idle again.
+    const need = bytesToFinish(receiver)
+    if (need > 0 && need < chunk.length) {
+      original.call(this, chunk.subarray(0, need))
+      rest = chunk.subarray(need)
+    }
+    rest = readFrames(socket, receiver, rest)
   }
-  rest = readFrames(this, rest)
   if (rest !== undefined) original.call(this, rest)
-  if (messagesInChunk > 1) ownerOfRaw(this)?.readBatch()
-  onRawData.call(this)
+  // By now the chunk is parsed: what ws still holds is unfinished.
+  const owner = ownerOfRaw(this)
+  if (owner === undefined) return
+  if (messagesInChunk > 1) owner.readBatch()
+  owner.measureIncomplete()
 })
 const slotOfWsPong = inWsSlot('receiverOnPong', original => function (this: unknown, data: Buffer) {
   original.call(this, data)
@@ -176,10 +183,17 @@ interface IdleReceiver extends Receiver { _fragmented: number, _maxPayload: numb
 /** Messages handed to connections since the current chunk of a TCP socket arrived. */
 let messagesInChunk = 0
 
+/**
+ * Whether ws's receiver delivers a message as soon as its last byte is read, in the same call: no
+ * fragmented message under way, nothing queued in its Writable, no error, synchronous events.
+ */
+function deliversAtOnce (receiver: IdleReceiver): boolean {
+  return receiver._fragmented === 0 && receiver._allowSynchronousEvents && !receiver._errored && receiver.writableLength === 0
+}
+
 /** Whether ws's receiver is between messages with nothing held, so a whole frame may be read past it. */
-function receiverIdle (receiver: IdleReceiver | null | undefined): receiver is IdleReceiver {
-  return receiver != null && receiver._state === 0 && receiver._bufferedBytes === 0 && receiver._fragmented === 0 &&
-    receiver._allowSynchronousEvents && !receiver._errored && receiver.writableLength === 0
+function receiverIdle (receiver: IdleReceiver): boolean {
+  return receiver._state === 0 && receiver._bufferedBytes === 0 && deliversAtOnce(receiver)
 }
 
 /** ws's receiver of a WebSocket (reached from a TCP socket through ws's link, wsLink). */
@@ -193,10 +207,8 @@ function receiverOf (socket: WebSocket | undefined): IdleReceiver | null | undef
  * or binary); 0 otherwise. A peer sending many requests at once has its frames cut at chunk
  * boundaries: past the cut ws reads only the rest of that frame, and the frames after it are read here.
  */
-function bytesToFinish (raw: RawSocket): number {
-  const receiver = receiverOf(wsLink == null ? undefined : raw[wsLink] as WebSocket | undefined)
-  if (receiver == null || receiver._fragmented !== 0 || !receiver._fin || receiver._compressed || receiver._opcode === 0 || receiver._opcode > 2 ||
-    !receiver._allowSynchronousEvents || receiver._errored || receiver.writableLength !== 0) return 0
+function bytesToFinish (receiver: IdleReceiver): number {
+  if (!receiver._fin || receiver._compressed || receiver._opcode === 0 || receiver._opcode > 2 || !deliversAtOnce(receiver)) return 0
   if (receiver._state === GET_DATA) return receiver._payloadLength - receiver._bufferedBytes
   if (receiver._state === GET_MASK) return 4 - receiver._bufferedBytes + receiver._payloadLength
   return 0
@@ -208,7 +220,7 @@ function ownsMessages (socket: WebSocket): boolean {
 }
 
 /**
- * Reads the whole, simple frames at the start of a chunk of the TCP socket and hands each message to
+ * Reads the whole, simple frames at the start of a chunk of `socket`'s TCP socket and hands each message to
  * its connection, as ws's receiver would have, but without its stream: ws's Writable machinery, three
  * buffer views and two emits per message cost about as much as the rest of a request's JavaScript.
  * Only while ws's receiver is idle, the socket open and the connection its only 'message' listener;
@@ -216,10 +228,8 @@ function ownsMessages (socket: WebSocket): boolean {
  * ws closes with 1007), the rest of the chunk goes to ws, so frames keep their order. Returns what ws
  * must read: the chunk, its tail, or undefined when nothing is left.
  */
-function readFrames (raw: RawSocket, chunk: Buffer): Buffer | undefined {
-  const socket = wsLink == null ? undefined : raw[wsLink] as OwnedSocket | undefined
-  const receiver = receiverOf(socket)
-  if (socket === undefined || !receiverIdle(receiver)) return chunk
+function readFrames (socket: OwnedSocket, receiver: IdleReceiver, chunk: Buffer): Buffer | undefined {
+  if (!receiverIdle(receiver)) return chunk
   const owner = socket[kConnection]
   let at = 0
   while (at < chunk.length && socket.readyState === OPEN && ownsMessages(socket)) {

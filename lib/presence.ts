@@ -7,6 +7,7 @@ import { ActionNotFoundError, BrokerUnsupportedError, ForbiddenError, InvalidTop
 import { MAX_NAME_LENGTH, type Envelope } from './protocol.js'
 import { compileAction, type CompiledAction } from './resources.js'
 import type { Broker } from './brokers/types.js'
+import { withTimeout } from './brokers/toolkit.js'
 import { checkTopic, type DeclaredTopic, type Peer, type Subscriptions, type TopicPatterns } from './topics.js'
 
 /** What presence needs of the core (the Runtime), named here so that the core's imports do not come back. */
@@ -177,7 +178,8 @@ export class PresenceTracker {
    * members could not be removed, instead of one line per member of a broker that is going away.
    */
   async drain (ms: number): Promise<void> {
-    if (this.removals.size > 0) await settledWithin(Promise.all(this.removals), ms)
+    // Each removal catches its own failure: only the time limit can end the wait early.
+    if (this.removals.size > 0) await withTimeout(Promise.all(this.removals), ms, 'presence removals').catch(() => {})
     // Removals still running are counted now; their failure, later, is not logged again.
     const members = this.failedAtShutdown + this.removals.size
     const err = this.shutdownError
@@ -224,12 +226,4 @@ export class PresenceTracker {
     if (presence === undefined) throw new BrokerUnsupportedError(this.rt.broker.name, 'presence', '(any)')
     return presence
   }
-}
-
-/** Resolves when `promise` settles or `ms` passed, whichever comes first, and leaves no timer behind. */
-function settledWithin (promise: Promise<unknown>, ms: number): Promise<void> {
-  return new Promise(resolve => {
-    const timer = setTimeout(resolve, ms)
-    promise.then(() => { clearTimeout(timer); resolve() }, () => { clearTimeout(timer); resolve() })
-  })
 }

@@ -110,6 +110,8 @@ export const protocols = {
   // The same server with topic history on (issue #15): same frames, plus an offset.
   'drizzle-history': drizzleProtocol,
   bare: drizzleProtocol,
+  // Frames by hand on the net.Socket, round trips only (bench/server.js): the floor under bare.
+  floor: drizzleProtocol,
   socketio: socketIoProtocol,
   nes: nesProtocol
 }

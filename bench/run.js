@@ -30,7 +30,7 @@ const IMPLS = value('impls', 'drizzle,bare,socketio,nes').split(',')
 // sampling nothing, and `tracing: false`.
 const VARIANTS = value('variants', 'drizzle-history,drizzle+metrics,drizzle+otel-off,drizzle+notrace').split(',').filter(Boolean)
 const withVariants = (impls, scenario) => impls.includes('drizzle')
-  ? [...impls, ...VARIANTS.filter(v => scenario === 'redis' ? v === 'drizzle-history' : scenario !== 'rt' || v !== 'drizzle-history')]
+  ? [...impls, ...VARIANTS.filter(v => scenario === 'redis' ? v === 'drizzle-history' || v === 'drizzle+exp' : scenario !== 'rt' || v !== 'drizzle-history')]
   : impls
 const RT_MODES = value('rt', '1x100,100x1').split(',')
 
@@ -53,7 +53,8 @@ function start (script, args, nodeArgs = []) {
 }
 
 async function startServer (impl, options = {}) {
-  const nodeArgs = ['--expose-gc']
+  // BENCH_SERVER_ARGS: extra node flags for every server (diagnostics, e.g. --trace-gc).
+  const nodeArgs = ['--expose-gc', ...(process.env.BENCH_SERVER_ARGS ?? '').split(' ').filter(Boolean)]
   if (PROFILE === impl) nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${join(root, 'bench', 'profiles')}`)
   const server = start('server.js', [impl, JSON.stringify(options)], nodeArgs)
   const info = await server.ready
@@ -114,6 +115,9 @@ async function roundTrips (lg) {
           cpuUsPerReq: cpuUs(cpu0, cpu1) / res.count,
           // The kernel's share (system time: reads, writes, loopback delivery) apart from JavaScript's.
           sysUsPerReq: (cpu1.system - cpu0.system) / res.count,
+          // Linux: the main thread's share, and V8's and libuv's other threads' (10 ms ticks: coarse).
+          ...(cpu0.mainThread !== undefined ? { mainUsPerReq: (cpu1.mainThread - cpu0.mainThread) / res.count, otherThreadsUsPerReq: (cpu1.otherThreads - cpu0.otherThreads) / res.count } : {}),
+          ...(cpu0.minflt !== undefined ? { minfltPerKReq: (cpu1.minflt - cpu0.minflt) * 1000 / res.count, vcswPerKReq: (cpu1.vcsw - cpu0.vcsw) * 1000 / res.count, ivcswPerKReq: (cpu1.ivcsw - cpu0.ivcsw) * 1000 / res.count } : {}),
           requests: res.count,
           errors: res.errors,
           ...(res.errors > 0 ? { lastError: res.lastError } : {})
@@ -142,7 +146,7 @@ function tally (collected, times) {
     allReceived.push(at - times[seq])
     last = Math.max(last, at)
   }
-  return { total, expected, lost, allReceived: allReceived.sort((a, b) => a - b), last }
+  return { total, expected, lost, series: [...allReceived], allReceived: allReceived.sort((a, b) => a - b), last }
 }
 
 /** Connects `count` sockets split over the load generators (to one server or one each) and subscribes them. */
@@ -295,7 +299,9 @@ async function redis (lgs) {
           allReceivedP99Ms: paced.allReceived[Math.ceil(paced.allReceived.length * 0.99) - 1],
           cpuUsPerDelivery: burst.cpuUs / deliveries,
           lost: paced.lost + burst.lost,
-          deliveries: paced.total + burst.total
+          deliveries: paced.total + burst.total,
+          // `--series`: every paced publication's publish -> all received, in publication order (ms).
+          ...(flag('series') ? { series: paced.series.map(ms => +ms.toFixed(2)) } : {})
         })
       } finally {
         await Promise.all(lgs.map(lg => lg.rpc('close')))

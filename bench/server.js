@@ -4,11 +4,13 @@
 //
 //   drizzle   fastify-drizzle, built JS (lib/ compiled as dist/esm is, into node_modules/.cache/fastify-drizzle-bench), limits raised
 //   bare      Fastify + @fastify/websocket doing the same JSON work by hand: the ceiling
+//   floor     the same JSON work with frames read and written by hand on Node's socket: round trips only, not in default runs
 //   socketio  Socket.IO 4 (WebSocket transport only), emit with ack, rooms, @socket.io/redis-adapter
 //   nes       hapi 21 + @hapi/nes: client.request -> route, subscriptions
 //   drizzle+metrics    drizzle with `metrics` on (its own prom-client registry)           } issue #18: the cost of
 //   drizzle+otel-off   drizzle with an OpenTelemetry SDK registered, sampling off         } observability, side by
 //   drizzle+notrace    drizzle with `tracing: false` (the plain drizzle has no SDK)       } side with plain drizzle
+import { readdirSync, readFileSync } from 'node:fs'
 import { ipcServer, now, publication, TOPIC } from './common.js'
 
 const impl = process.argv[2]
@@ -119,6 +121,74 @@ const servers = {
     }
   },
 
+  /**
+   * The least any Node server can spend on this protocol, for the round-trip scenarios only: Node's
+   * http server for the upgrade, then every frame read and written by hand on the net.Socket (no ws,
+   * no Fastify route, no streams past the socket's own), with the same JSON work as bare. Not a
+   * WebSocket server anyone should run (no control frames, fragments or limits): it measures the floor
+   * that the kernel, libuv and JSON leave, against which "x times bare" targets can be judged.
+   */
+  async floor () {
+    const { createServer } = await import('node:http')
+    const { createHash } = await import('node:crypto')
+    const http = createServer((_req, res) => { res.statusCode = 404; res.end() })
+    const reply = (socket, text) => {
+      const payload = Buffer.from(text)
+      const n = payload.length
+      const head = n < 126 ? Buffer.from([0x81, n]) : Buffer.from([0x81, 126, n >> 8, n & 255])
+      socket.write(Buffer.concat([head, payload]))
+    }
+    const onText = (socket, text) => {
+      let msg
+      try { msg = JSON.parse(text) } catch { reply(socket, '{"request_id":null,"code":"VALIDATION_ERROR"}'); return }
+      if (msg === null || typeof msg !== 'object' || typeof msg.resource !== 'string' || typeof msg.action !== 'string' ||
+        (typeof msg.request_id !== 'string' && typeof msg.request_id !== 'number') || msg.resource !== 'bench' || msg.action !== 'echo') {
+        reply(socket, '{"request_id":null,"code":"VALIDATION_ERROR"}')
+        return
+      }
+      const id = msg.request_id
+      echo(msg.data).then((data) => reply(socket, JSON.stringify({ data: data ?? null, request_id: id })))
+    }
+    http.on('upgrade', (req, socket) => {
+      const accept = createHash('sha1').update(req.headers['sec-websocket-key'] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64')
+      socket.setNoDelay(true)
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`)
+      let held = Buffer.alloc(0)
+      socket.on('data', (chunk) => {
+        const buf = held.length === 0 ? chunk : Buffer.concat([held, chunk])
+        let at = 0
+        while (buf.length - at >= 6) {
+          const opcode = buf[at] & 15
+          let len = buf[at + 1] & 127
+          let start = at + 2
+          if (len === 126) { if (buf.length - at < 8) break; len = buf.readUInt16BE(at + 2); start = at + 4 }
+          if (len === 127) { socket.destroy(); return }
+          const end = start + 4 + len
+          if (end > buf.length) break
+          if (opcode === 8) { socket.end(); return }
+          if (opcode === 1) {
+            const mask = buf.subarray(start, start + 4)
+            const payload = buf.subarray(start + 4, end)
+            for (let i = 0; i < len; i++) payload[i] ^= mask[i & 3]
+            onText(socket, payload.toString())
+          }
+          at = end
+        }
+        held = at === buf.length ? Buffer.alloc(0) : buf.subarray(at)
+      })
+      socket.on('error', () => {})
+    })
+    const sockets = new Set()
+    http.on('upgrade', (_req, socket) => { sockets.add(socket); socket.on('close', () => sockets.delete(socket)) })
+    await new Promise(resolve => http.listen(0, '127.0.0.1', resolve))
+    return {
+      port: http.address().port,
+      publish: () => { throw new Error('floor serves round trips only') },
+      connections: () => sockets.size,
+      close: async () => { for (const s of sockets) s.destroy(); await new Promise(resolve => http.close(resolve)) }
+    }
+  },
+
   async socketio () {
     const { createServer } = await import('node:http')
     const { Server } = await import('socket.io')
@@ -195,8 +265,33 @@ servers['drizzle+exp'] = () => servers.drizzle(JSON.parse(process.env.DRIZZLE_EX
 
 const server = await servers[impl]()
 
+/**
+ * Linux: CPU of the main thread apart from the others (V8's GC and compiler threads, libuv's pool),
+ * in µs, from /proc/self/task/<tid>/stat (utime and stime in clock ticks, fields 14 and 15).
+ */
+function threadCpu () {
+  try {
+    const tick = 1e6 / 100 // USER_HZ is 100 on Linux
+    let main = 0
+    let others = 0
+    for (const tid of readdirSync('/proc/self/task')) {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8')
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      const us = (Number(fields[11]) + Number(fields[12])) * tick
+      if (Number(tid) === process.pid) main += us
+      else others += us
+    }
+    return { mainThread: main, otherThreads: others }
+  } catch {
+    return {}
+  }
+}
+
 ipcServer({
-  cpu () { return { ...process.cpuUsage(), t: now() } },
+  cpu () {
+    const r = process.resourceUsage()
+    return { ...process.cpuUsage(), ...threadCpu(), minflt: r.minorPageFault, vcsw: r.voluntaryContextSwitches, ivcsw: r.involuntaryContextSwitches, t: now() }
+  },
   mem () {
     for (let i = 0; i < 4; i++) globalThis.gc()
     const m = process.memoryUsage()

@@ -4,7 +4,7 @@
 //
 //   npm run soak                                  # 10 minutes, 10,000 connections, 1,000 topics, 5,000/s, Redis
 //   node bench/soak.js [--minutes=10] [--conns=10000] [--topics=1000] [--rate=5000] [--broker=redis|memory]
-//        [--subs=1] [--churn=10] [--long=0.02] [--history=100] [--warmup=20] [--sample=10] [--loadgens=2] [--no-build]
+//        [--subs=1] [--churn=10] [--long=0.02] [--history=100] [--warmup=20] [--sample=10] [--loadgens=2] [--profile=server|client|publisher] [--no-build]
 //
 // Processes (all on 127.0.0.1; IPC for control; each child's soft fd limit raised to the hard one):
 //   soak-server.js × 2 (Redis broker, one key prefix per run) or × 1 (--broker=memory): fastify-drizzle
@@ -65,6 +65,9 @@ const C = {
   warmupPct: value('warmup', 20),
   sampleSec: value('sample', 10),
   loadgens: value('loadgens', 2),
+  // `--profile=server|client|publisher`: those processes write a V8 CPU profile to bench/profiles/
+  // (read it with `node bench/profile.js`); the profiler's own cost makes the run's figures not count.
+  profile: value('profile', ''),
   redisUrl: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 }
 if (!['redis', 'memory'].includes(C.broker)) throw new Error(`--broker must be redis or memory, received ${C.broker}`)
@@ -82,6 +85,7 @@ process.on('unhandledRejection', (err) => { console.error(err); killAll(); proce
 
 /** `node <nodeArgs> bench/<script> <args[0]>`; args[1] only names it in messages. A child that dies mid-run ends the soak. */
 function start (script, args, nodeArgs = []) {
+  if (C.profile !== '' && script === `soak-${C.profile}.js`) nodeArgs = [...nodeArgs, '--cpu-prof', `--cpu-prof-dir=${join(root, 'bench', 'profiles')}`]
   const name = `${script} ${args.length > 1 ? args[1] : ''}`.trim()
   return startChild(script, args.slice(0, 1), {
     name,

@@ -260,7 +260,7 @@ export class Connection extends SocketIO implements Peer, Answer, FrameOwner, St
   }
 
   send (topic: string, data: unknown, event?: string): boolean {
-    return this.write(encodePublication(topic, data, event), false)
+    return this.write(encodePublication(topic, data, event))
   }
 
   /** `$request/cancel`: the request in flight with that id on this connection, if any. */

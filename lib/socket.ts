@@ -259,10 +259,12 @@ export const BACKLOG = 64 * 1024
 
 /**
  * Write coalescing. Frames written to a socket during one turn of the event loop (the replies to a
- * batch of requests read together, the publications of a broker burst) are corked and leave in one
- * writev when the turn's work is done (process.nextTick runs after the microtasks that send replies),
- * instead of one system call per frame. The bytes on the wire are the same. A socket with
- * CORK_LIMIT bytes corked is flushed at once, so corking never holds more than that.
+ * batch of requests read together, the publications of a broker burst) leave in at most two writes
+ * instead of one system call per frame: the first frame at once (alone in its turn is the common
+ * case), the rest corked and flushed in one writev when the turn's work is done (process.nextTick
+ * runs after the microtasks that send replies); replies to requests read together are corked from
+ * the first. The bytes on the wire are the same. A socket with CORK_LIMIT bytes corked is flushed at
+ * once, so corking never holds more than that.
  */
 export const CORK_LIMIT = 64 * 1024
 const turn: SocketOwner[] = []

@@ -220,7 +220,7 @@ test("a 'message' listener the app added to the socket still sees every message 
   assert.equal(receiverReads.length, 1)
 })
 
-test('a frame alone in its turn is written at once; from the second frame of a turn on, or from a publication, the socket is corked until the turn ends', async (t) => {
+test('a frame alone in its turn is written at once, a publication too; from the second frame of a turn on, the socket is corked until the turn ends', async (t) => {
   const app = await build(t, {}, (app) => {
     app.drizzle.resource('echo', {
       async one () { return 1 },
@@ -252,7 +252,13 @@ test('a frame alone in its turn is written at once; from the second frame of a t
   calls.length = 0
   await app.drizzle.publish('news', { n: 1 })
   await client.waitFor(f => f.topic === 'news')
-  assert.deepEqual(calls, ['cork', 'write', 'uncork'], 'a publication corks from its first frame')
+  assert.deepEqual(calls, ['write'], 'a publication alone in its turn is not corked')
+  calls.length = 0
+  // A broker burst: several publications to the socket in one turn.
+  await Promise.all([1, 2, 3].map(n => app.drizzle.publish('news', { n: n + 1 })))
+  await client.waitFor(f => f.topic === 'news' && (f.data as { n: number }).n === 4)
+  assert.deepEqual(calls, ['write', 'cork', 'write', 'write', 'uncork'], 'from the second publication of a turn on, corked')
+  assert.deepEqual(client.publications('news').map(f => (f.data as { n: number }).n), [1, 2, 3, 4])
 })
 
 test('a frame begun in one chunk: ws reads only the rest of it from the next, and the frames after it are read past ws', async (t) => {

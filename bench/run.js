@@ -1,6 +1,10 @@
 // Benchmark orchestrator: `node bench/run.js [--quick] [--only=rt,fanout,memory,redis,stream,presence]
 // [--reps=N] [--impls=drizzle,bare,socketio,nes] [--variants=drizzle-history,drizzle+metrics,...]
-// [--rt=1x100,100x1] [--profile=<impl>] [--no-build] [--no-write]`.
+// [--rt=1x100,100x1] [--profile=<impl>] [--series] [--no-build] [--no-write]`.
+// `--impls` also takes `floor` (round trips only: frames by hand on Node's socket, bare's JSON work)
+// and `--variants` `drizzle+exp` (another build: DRIZZLE_EXP_LIB, DRIZZLE_EXP_OPTIONS; see server.js).
+// `--series` adds every paced Redis publication's latency, in order; BENCH_SERVER_ARGS adds node flags
+// to every server (e.g. --trace-gc).
 //
 // Servers, load generators and the Redis publisher are child processes (IPC for control, 127.0.0.1
 // for traffic). Every scenario runs its implementations interleaved (A B C D, B C D A, ...) `reps`

@@ -113,7 +113,17 @@ function guardUpgrade (rt: Runtime, request: FastifyRequest, reply: FastifyReply
     reply.code(403).send({ statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: `Origin ${JSON.stringify(origin)} is not allowed` })
     return
   }
+  mendInjectedVersion(request.raw.headers as Record<string, unknown>)
   done()
+}
+
+/**
+ * @fastify/websocket's injectWS (11.3) sends Sec-WebSocket-Version as the number 13, and ws 8.23.1
+ * compares that header with the string '13', answering 400: every test through injectWS would fail
+ * on a fresh install. A header read from a real socket is always a string; only this one is mended.
+ */
+function mendInjectedVersion (headers: Record<string, unknown>): void {
+  if (headers['sec-websocket-version'] === 13) headers['sec-websocket-version'] = '13'
 }
 
 function originAllowed (allowed: ResolvedOptions['allowedOrigins'], origin: string, request: FastifyRequest): boolean {

@@ -1,5 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { connect as connectTcp } from 'node:net'
 import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
@@ -59,6 +60,32 @@ test('the route is at options.path; a plain GET there gets 426 Upgrade Required'
   assert.equal((await app.inject({ method: 'GET', url: '/ws' })).statusCode, 404)
   const client = await inject(t, app, {}, '/realtime')
   assert.equal((await client.request('r', 'get')).data, 'here')
+})
+
+test('injectWS upgrades although it sends Sec-WebSocket-Version as a number (ws 8.23.1 wants the string); a real client with another version still gets 400', async t => {
+  const app = await build(t, {}, (app) => { app.drizzle.resource('echo', { async back (message) { return message.data } }) })
+  const socket = await app.injectWS('/ws')
+  t.after(() => socket.terminate())
+  const reply = new Promise<Record<string, unknown>>(resolve => socket.once('message', (data: Buffer) => resolve(JSON.parse(data.toString()))))
+  socket.send(JSON.stringify({ resource: 'echo', action: 'back', data: { n: 7 }, request_id: 1 }))
+  assert.deepEqual(await reply, { data: { n: 7 }, request_id: 1 })
+  const url = await listen(app)
+  const refused = new WebSocket(url, { protocolVersion: 8 })
+  const status = await new Promise<number>(resolve => {
+    refused.on('unexpected-response', (_req, res) => { resolve(res.statusCode ?? 0); refused.terminate() })
+    refused.on('open', () => { resolve(101); refused.terminate() })
+    refused.on('error', () => {})
+  })
+  assert.equal(status, 101, 'version 8 is one ws accepts')
+  const { port } = new URL(url)
+  const head = await new Promise<string>((resolve, reject) => {
+    const peer = connectTcp(Number(port), '127.0.0.1', () => {
+      peer.write('GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 12\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+    })
+    peer.once('data', (chunk: Buffer) => { resolve(chunk.toString()); peer.destroy() })
+    peer.once('error', reject)
+  })
+  assert.match(head, /^HTTP\/1\.1 400 /, 'an unsupported version is refused as before')
 })
 
 test('the app\'s own Fastify hooks guard the upgrade and decorate ctx.request', async t => {

@@ -149,7 +149,10 @@ const servers = {
       const id = msg.request_id
       echo(msg.data).then((data) => reply(socket, JSON.stringify({ data: data ?? null, request_id: id })))
     }
+    const sockets = new Set()
     http.on('upgrade', (req, socket) => {
+      sockets.add(socket)
+      socket.on('close', () => sockets.delete(socket))
       const accept = createHash('sha1').update(req.headers['sec-websocket-key'] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64')
       socket.setNoDelay(true)
       socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`)
@@ -178,8 +181,6 @@ const servers = {
       })
       socket.on('error', () => {})
     })
-    const sockets = new Set()
-    http.on('upgrade', (_req, socket) => { sockets.add(socket); socket.on('close', () => sockets.delete(socket)) })
     await new Promise(resolve => http.listen(0, '127.0.0.1', resolve))
     return {
       port: http.address().port,
